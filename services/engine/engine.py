@@ -1,0 +1,300 @@
+"""The engine loop: scheduler -> runner -> sampler -> scheduler, one step at a time.
+
+`LLMEngine` is synchronous and single-threaded on purpose: the services run `step()` in a
+dedicated thread and talk to it through thread-safe queues; the offline `LLM` calls it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from services.engine.block_manager import BlockManager
+from services.engine.checkpoint import Checkpoint, resolve
+from services.engine.config import EngineConfig
+from services.engine.errors import InvalidRequestError, PromptTooLongError
+from services.engine.kv_cache import KVLayout, KVPool
+from services.engine.model import LlamaForCausalLM
+from services.engine.model_runner import ModelRunner
+from services.engine.sampler import TokenLogprobs, sample
+from services.engine.sampling_params import SamplingParams
+from services.engine.scheduler import Scheduler
+from services.engine.sequence import FinishReason, Sequence, Status
+from services.engine.tokenizer import Tokenizer
+from services.engine.weights import load_weights
+
+log = logging.getLogger("pdserve.engine")
+
+DEFAULT_KV_MEMORY_GIB_CPU = 2.0
+CUDA_MEMORY_FRACTION = 0.85
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)  # prefill role: the held blocks
+
+
+@dataclass
+class KVFetch:
+    """Decode role: blocks were allocated for a request; pull its prompt KV into them."""
+
+    request_id: str
+    kv_source: dict
+    block_ids: list[int]  # destination blocks for the whole prompt
+    num_cached_blocks: int  # leading blocks already here from the prefix cache
+
+
+@dataclass
+class StepResult:
+    outputs: list[RequestOutput]
+    kv_fetches: list[KVFetch]
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of load, as the registry and /metrics report it."""
+
+    num_running: int
+    num_waiting: int
+    num_fetching: int
+    num_held: int
+    queued_prefill_tokens: int
+    free_blocks: int
+    total_blocks: int
+    num_preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None):
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype()
+        self.checkpoint = checkpoint or resolve(config.model)
+        self.model_config = cfg = self.checkpoint.config
+        t0 = time.perf_counter()
+        self.tokenizer = Tokenizer.from_checkpoint(self.checkpoint)
+        self.model = self._load_model()
+        log.info("loaded %s in %.1f s", config.model, time.perf_counter() - t0)
+        self.max_model_len = min(
+            config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
+        )
+        self.layout = self._kv_layout()
+        self.pool = KVPool(self.layout, self.device)
+        self.blocks = BlockManager(
+            self.layout.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.blocks, config.role, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(
+            self.model, cfg, self.pool, self.device, self.dtype, self.max_model_len + 1
+        )
+        self.requests: dict[str, Sequence] = {}
+        self.held: dict[str, Sequence] = {}
+        self.num_preemptions = 0
+        self.eos_token_ids = set(cfg.eos_token_ids) | set(self.tokenizer.eos_token_ids)
+
+    def _load_model(self) -> LlamaForCausalLM:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(self.model_config)
+        model = model.to(self.dtype).to_empty(device=self.device)
+        if self.model_config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        load_weights(model, self.checkpoint.tensors())
+        return model.eval()
+
+    def _kv_layout(self) -> KVLayout:
+        cfg, c = self.model_config, self.config
+        shape = dict(
+            num_kv_heads=cfg.num_kv_heads,
+            num_layers=cfg.num_layers,
+            block_size=c.block_size,
+            head_dim=cfg.head_dim,
+            dtype=self.dtype,
+        )
+        if c.num_kv_blocks:
+            return KVLayout(num_blocks=c.num_kv_blocks, **shape)
+        if c.kv_cache_memory_gib:
+            memory = int(c.kv_cache_memory_gib * 2**30)
+        elif self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            memory = int(free * CUDA_MEMORY_FRACTION)
+        else:
+            memory = int(float(os.environ.get("PDSERVE_KV_GIB", DEFAULT_KV_MEMORY_GIB_CPU)) * 2**30)
+        return KVLayout.blocks_for_memory(memory, **shape)
+
+    # ---- requests in -------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        kv_source: dict | None = None,
+        first_token: int | None = None,
+    ) -> None:
+        """Queue a request. Decode role: give the prefill worker's `kv_source` and first token."""
+        if request_id in self.requests or request_id in self.held:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        self.validate_prompt(prompt_ids, params)
+        seq = Sequence(request_id, list(prompt_ids), params, time.monotonic(), kv_source=kv_source)
+        if first_token is not None:
+            seq.token_ids.append(int(first_token))
+        if params.seed is not None:
+            seq.generator = torch.Generator().manual_seed(params.seed)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def validate_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise a clear error for a prompt this engine cannot serve."""
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        total = len(prompt_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise PromptTooLongError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but "
+                f"{total} were requested ({len(prompt_ids)} in the prompt, "
+                f"{params.max_tokens} to generate); shorten the prompt or lower max_tokens"
+            )
+        if self.blocks.blocks_for(len(prompt_ids) + 1) > self.blocks.num_blocks:
+            raise PromptTooLongError(
+                f"a {len(prompt_ids)}-token prompt does not fit this worker's KV cache "
+                f"({self.blocks.num_blocks * self.blocks.block_size} tokens)"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request wherever it is and free its blocks; False if it is unknown."""
+        seq = self.requests.pop(request_id, None) or self.held.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq)
+        self.blocks.free_seq(seq)
+        seq.status, seq.finish_reason = Status.FINISHED, FinishReason.ABORT
+        return True
+
+    def release(self, request_id: str) -> bool:
+        """Prefill role: the decode worker has the KV (or the lease expired); free the blocks."""
+        seq = self.held.pop(request_id, None)
+        if seq is None:
+            return False
+        self.blocks.free_seq(seq)
+        return True
+
+    def kv_arrived(self, request_id: str, ok: bool) -> None:
+        """Decode role: the pull for `request_id` finished (ok) or failed (recompute here)."""
+        seq = self.requests.get(request_id)
+        if seq is not None and seq.status is Status.WAITING_FOR_KV:
+            self.scheduler.kv_arrived(seq, ok)
+
+    # ---- the step ----------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
+    def step(self) -> StepResult:
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        self.num_preemptions += len(plan.preempted)
+        outputs: list[RequestOutput] = []
+        fetches = [
+            KVFetch(
+                s.request_id,
+                s.kv_source or {},
+                list(s.block_ids[: self.blocks.blocks_for(s.num_prompt)]),
+                s.num_cached // self.blocks.block_size,
+            )
+            for s in plan.kv_fetches
+        ]
+        if plan.chunks:
+            logits = self.runner.run(plan.chunks)
+            sampling = [c.seq for c in plan.chunks if c.samples]
+            tokens, logprobs = sample(logits, sampling) if sampling else ([], [])
+            sampled = dict(
+                zip(
+                    (s.request_id for s in sampling),
+                    zip(tokens, logprobs, strict=True),
+                    strict=True,
+                )
+            )
+            for chunk in plan.chunks:
+                seq = chunk.seq
+                seq.num_computed += chunk.num_tokens
+                self.blocks.register_computed(seq)
+                if seq.request_id in sampled:
+                    token, lp = sampled[seq.request_id]
+                    outputs.append(self._append_token(seq, token, lp))
+        n_decode = sum(1 for c in plan.chunks if c.num_tokens == 1)
+        return StepResult(
+            outputs, fetches, plan.num_tokens - n_decode, n_decode, time.perf_counter() - t0
+        )
+
+    def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> RequestOutput:
+        seq.token_ids.append(token)
+        p = seq.params
+        n_out = len(seq.token_ids) - seq.num_prompt
+        reason = None
+        if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            reason = FinishReason.STOP
+        elif n_out >= p.max_tokens or len(seq.token_ids) >= self.max_model_len:
+            reason = FinishReason.LENGTH
+        elif self.config.role == "prefill":
+            reason = FinishReason.PREFILL_DONE
+        out = RequestOutput(
+            seq.request_id,
+            [token],
+            logprobs=[lp],
+            num_prompt_tokens=seq.num_prompt,
+            num_cached_tokens=seq.num_cached,
+            num_output_tokens=n_out,
+        )
+        if reason is not None:
+            self.scheduler.finish(seq)
+            del self.requests[seq.request_id]
+            out.finished, out.finish_reason = True, reason
+            seq.finish_reason = reason
+            if reason is FinishReason.PREFILL_DONE:
+                seq.status = Status.HELD
+                self.held[seq.request_id] = seq
+                out.block_ids = list(seq.block_ids)
+            else:
+                seq.status = Status.FINISHED
+                self.blocks.free_seq(seq)
+        return out
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        queued = sum(len(q.token_ids) - q.num_computed for q in s.waiting if q.kv_source is None)
+        queued += sum(q.num_uncomputed for q in s.running if q.num_uncomputed > 1)
+        return EngineStats(
+            num_running=len(s.running),
+            num_waiting=len(s.waiting),
+            num_fetching=len(s.fetching),
+            num_held=len(self.held),
+            queued_prefill_tokens=queued,
+            free_blocks=self.blocks.num_free,
+            total_blocks=self.blocks.num_blocks,
+            num_preemptions=self.num_preemptions,
+        )

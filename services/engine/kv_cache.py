@@ -1,0 +1,65 @@
+"""The paged KV pool: one contiguous tensor holding every layer's keys and values.
+
+Layout: [num_blocks, num_kv_heads, num_layers, 2 (K, V), block_size, head_dim].
+
+Why block-major: disaggregation ships a request's KV from one process to another, and the unit
+it ships is a block. With the block as the outermost dimension, a request's blocks are whole
+contiguous byte ranges of one registered buffer, so the KV layer can send them without gathering
+(and runs of adjacent blocks coalesce into one transfer). KV heads come next so that a
+tensor-parallel rank, which owns a range of KV heads, finds its slice of every block as one
+contiguous sub-range. The price is that a layer's keys are strided in memory; attention reads
+them through views that index whole [heads, block_size, head_dim] tiles, which stay contiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """The facts a peer must agree on before reading our blocks."""
+
+    num_blocks: int
+    num_kv_heads: int
+    num_layers: int
+    block_size: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def block_bytes(self) -> int:
+        return self.num_kv_heads * self.head_bytes
+
+    @property
+    def head_bytes(self) -> int:
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return self.num_layers * 2 * self.block_size * self.head_dim * itemsize
+
+    @classmethod
+    def blocks_for_memory(cls, memory_bytes: int, **shape: object) -> KVLayout:
+        probe = cls(num_blocks=1, **shape)  # type: ignore[arg-type]
+        return cls(num_blocks=max(1, memory_bytes // probe.block_bytes), **shape)  # type: ignore[arg-type]
+
+
+class KVPool:
+    """Owns the pool tensor and hands out per-layer (key, value) views of it."""
+
+    def __init__(self, layout: KVLayout, device: torch.device):
+        self.layout = layout
+        self.tensor = torch.zeros(
+            layout.num_blocks,
+            layout.num_kv_heads,
+            layout.num_layers,
+            2,
+            layout.block_size,
+            layout.head_dim,
+            dtype=layout.dtype,
+            device=device,
+        )
+        # Views, not copies: [num_blocks, kv_heads, block_size, head_dim] per layer.
+        self.layers = [
+            (self.tensor[:, :, i, 0], self.tensor[:, :, i, 1]) for i in range(layout.num_layers)
+        ]
