@@ -1,0 +1,165 @@
+"""The ``ucx`` backend: UCX tagged send/recv through ``ucxx``, straight from and into the pool.
+
+Each span is posted as one tagged message whose buffer is the pool's own memory (a NumPy view
+of a CPU tensor, the tensor itself on CUDA via ``__cuda_array_interface__``), so UCX reads and
+writes the registered pool directly. All spans of a read are posted at once, each with its own
+tag, so UCX pipelines them. A receive is posted with the exact span length, so a short or long
+message fails with a truncation error instead of being accepted.
+
+Environment, as found with ucxx-cu12 0.52 / libucx-cu12 1.21:
+
+- No variable is required on CPU. ``import ucxx`` sets ``UCX_MEMTYPE_CACHE=n``, which UCX
+  1.21 no longer knows and warns about on stderr; this module sets
+  ``UCX_WARN_UNUSED_ENV_VARS=n`` (unless already set) to keep worker logs clean.
+- Endpoints are created with peer error handling, so a holder that dies mid-transfer makes the
+  fetcher's receive fail at once (``Connection reset by remote peer``) instead of hanging. UCX
+  excludes shared-memory transports (``posix``, ``sysv``, ``cma``) from endpoints with error
+  handling, so on a CPU-only host every transfer runs over ``tcp`` on loopback even though
+  ``UCX_TLS`` defaults to ``all``; ``UCX_PROTO_INFO=y`` prints the chosen protocols. On a GPU
+  cluster the same code uses RDMA (``rc``/``dc``) or ``cuda_ipc``/NVLink, which support error
+  handling. ``UCX_TLS`` and the other ``UCX_*`` variables can still narrow or tune the choice.
+- ``RAPIDS_NO_INITIALIZE`` is not needed: UCX is initialised lazily, on the first listener or
+  endpoint, so importing this module creates no context, and the tcp backend never imports it.
+- The listener binds every interface; the port is the only address it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+import torch
+
+os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+
+import ucxx  # noqa: E402  (the environment above must be set before UCX loads)
+from ucxx.exceptions import UCXError  # noqa: E402
+
+from kvtransfer.errors import TransferError  # noqa: E402
+from kvtransfer.protocol import MAX_MESSAGE_BYTES, decode_message, encode_message  # noqa: E402
+from kvtransfer.transport import Handler  # noqa: E402
+
+_HEADER = struct.Struct("<Q")
+# Bound how long closing an endpoint may block the event loop (nanoseconds).
+_CLOSE_PERIOD_NS = 100_000_000
+
+
+def _buffer(span: torch.Tensor) -> Any:
+    # ucxx takes the buffer protocol on host and __cuda_array_interface__ on device; a torch
+    # CPU tensor offers neither, its NumPy view (same memory) does.
+    return span.numpy() if span.device.type == "cpu" else span
+
+
+async def _all(operations: list[Coroutine[Any, Any, Any]]) -> None:
+    """Run every operation concurrently; on the first failure cancel the rest, then re-raise."""
+    tasks = [asyncio.ensure_future(op) for op in operations]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _ucx(operation: Awaitable[Any], what: str) -> Any:
+    try:
+        return await operation
+    except UCXError as exc:
+        raise TransferError(f"UCX {what} failed: {exc}") from exc
+
+
+class UcxConnection:
+    """One ucxx endpoint speaking the kvtransfer framing."""
+
+    def __init__(self, endpoint: Any):
+        self._ep = endpoint
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> UcxConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                # UCX connects to an address, not a name.
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                address = str(infos[0][4][0])
+                endpoint = await ucxx.create_endpoint(address, port, connect_timeout=timeout)
+        except TimeoutError as exc:
+            raise TransferError(f"no answer from holder {host}:{port} within {timeout} s") from exc
+        except (OSError, UCXError) as exc:
+            raise TransferError(f"cannot reach holder {host}:{port}: {exc}") from exc
+        return cls(endpoint)
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        data = encode_message(message)
+        await _ucx(self._ep.send(bytearray(_HEADER.pack(len(data)))), "send")
+        await _ucx(self._ep.send(bytearray(data)), "send")
+
+    async def recv_message(self) -> dict[str, Any]:
+        header = bytearray(_HEADER.size)
+        await _ucx(self._ep.recv(header), "receive")
+        (size,) = _HEADER.unpack(header)
+        if size > MAX_MESSAGE_BYTES:
+            raise TransferError(f"peer announced a {size}-byte control message; stream is corrupt")
+        body = bytearray(size)
+        await _ucx(self._ep.recv(body), "receive")
+        return decode_message(body)
+
+    async def send_spans(self, spans: list[torch.Tensor]) -> None:
+        sends = [self._ep.send(_buffer(span), tag=i) for i, span in enumerate(spans)]
+        await _ucx(_all(sends), "send")
+
+    async def recv_spans(self, spans: list[torch.Tensor]) -> None:
+        recvs = [self._ep.recv(_buffer(span), tag=i) for i, span in enumerate(spans)]
+        await _ucx(_all(recvs), "receive")
+
+    def is_alive(self) -> bool:
+        return not self._ep.closed
+
+    def abort(self) -> None:
+        # Closing the endpoint cancels its outstanding requests, so no receive writes after this.
+        self._ep.abort(period=_CLOSE_PERIOD_NS)
+
+
+class UcxListener:
+    """A ucxx listener that runs the handler on every accepted endpoint."""
+
+    def __init__(self, handler: Handler):
+        self._handler = handler
+        self._listener: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def start(cls, port: int, handler: Handler) -> UcxListener:
+        listener = cls(handler)
+        try:
+            listener._listener = ucxx.create_listener(listener._on_connect, port)
+        except UCXError as exc:
+            raise TransferError(f"cannot listen on UCX port {port}: {exc}") from exc
+        return listener
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.port)
+
+    async def close(self) -> None:
+        self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_connect(self, endpoint: Any) -> None:
+        # ucxx starts this coroutine itself; remember its task so close() can cancel it.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        connection = UcxConnection(endpoint)
+        try:
+            await self._handler(connection)
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            connection.abort()
