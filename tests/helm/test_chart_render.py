@@ -201,3 +201,13 @@ def test_notes_tell_the_user_how_to_reach_and_check_the_endpoint(render, plan_va
     exposed = render({"router": {"ingress": {"enabled": True, "host": "llm.example.com"}}}).notes
     assert "export PDSERVE_URL=http://llm.example.com" in exposed
     assert "without API keys" in exposed
+
+
+def test_packaged_chart_renders_the_same_manifests(chart_dir, tmp_path):
+    # `helm package` applies .helmignore: nothing the templates read may be left out.
+    archive = helm.package(chart_dir, destination=tmp_path)
+    values = {"metrics": {"grafanaDashboard": {"enabled": True}}, "auth": {"internalToken": "t"},
+              "redis": {"password": "p"}}
+    with helm.Chart.load(archive) as packaged, helm.Chart.load(chart_dir) as source:
+        assert packaged.render(values, name="pdserve") == source.render(values, name="pdserve")
+        assert packaged.metadata["version"] == "0.1.0"

@@ -3,6 +3,7 @@ source, CPU mode and the RDMA knobs."""
 
 from __future__ import annotations
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -140,6 +141,14 @@ def test_tcp_backend_carries_no_ucx_settings(render):
     config = render({"kvTransfer": {"backend": "tcp", "ucx": {"tls": "rc"}}}).engine_config()
     assert config["ENGINE_KV_BACKEND"] == "tcp"
     assert not any(key.startswith("UCX_") for key in config)
+
+
+def test_host_network_with_co_located_pools_needs_distinct_ports(chart, render):
+    clash = {"kvTransfer": {"hostNetwork": True}, "placement": {"affinity": "low"}}
+    with pytest.raises(helm.HelmRenderError, match="decode.ports"):
+        chart.render(clash, name="pdserve")
+    clash["decode"] = {"ports": {"http": 8101, "kv": 8201}}
+    assert render(clash).container("pdserve-decode")["ports"][1]["containerPort"] == 8201
 
 
 def test_host_network_keeps_cluster_dns(render):
