@@ -116,7 +116,7 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _add_workload_options(p: argparse.ArgumentParser) -> None:
+def _add_server_options(p: argparse.ArgumentParser) -> None:
     server = p.add_argument_group("server")
     server.add_argument("--url", required=True, help="base URL of the server, e.g. "
                         "http://localhost:8000 (a trailing /v1 is fine)")
@@ -124,62 +124,73 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
                         "server lists at /v1/models)")
     server.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
                         help="/v1/completions or /v1/chat/completions (default: completions)")
-    server.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+    server.add_argument("--api-key", metavar="KEY", default=os.environ.get("OPENAI_API_KEY"),
                         help="bearer token (default: $OPENAI_API_KEY)")
-    server.add_argument("--timeout", type=_positive, default=300.0,
+    server.add_argument("--timeout", type=_positive, default=300.0, metavar="SEC",
                         help="seconds a whole request may take before it counts as failed "
                         "(default: 300)")
     server.add_argument("--no-ignore-eos", action="store_true",
                         help="let the model stop at EOS instead of sending ignore_eos: true "
-                        "(which servers that reject it get anyway)")
-    server.add_argument("--extra-body", type=_json_object, default={},
+                        "(dropped by itself for servers that reject it)")
+    server.add_argument("--extra-body", type=_json_object, default={}, metavar="JSON",
                         help="JSON object merged into every request body, e.g. "
                         "'{\"temperature\": 0}'")
 
+
+def _add_workload_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("workload")
-    data.add_argument("--dataset", default="synthetic",
+    data.add_argument("--dataset", default="synthetic", metavar="synthetic|PATH",
                       help="'synthetic', a ShareGPT JSON file (first turns; output length "
                       "from the recorded answer), or a JSONL trace with one object a line: "
                       "timestamp (s) or timestamp_ms, prompt or input_length, output_length "
                       "(default: synthetic)")
-    data.add_argument("--num-prompts", type=_positive_int,
+    data.add_argument("--num-prompts", type=_positive_int, metavar="N",
                       help=f"number of requests (default: {DEFAULT_NUM_PROMPTS}; every line "
                       "of a trace)")
-    data.add_argument("--input-len", type=_positive_int, default=DEFAULT_INPUT_LEN,
+    data.add_argument("--input-len", type=_positive_int, default=DEFAULT_INPUT_LEN, metavar="N",
                       help=f"mean prompt length in tokens (default: {DEFAULT_INPUT_LEN})")
-    data.add_argument("--output-len", type=_positive_int,
+    data.add_argument("--output-len", type=_positive_int, metavar="N",
                       help=f"mean output length in tokens, sent as max_tokens (default: "
                       f"{DEFAULT_OUTPUT_LEN}; for a dataset, its own lengths)")
     for which in ("input", "output"):
         data.add_argument(f"--{which}-dist", choices=DISTRIBUTIONS, default="fixed",
                           help=f"distribution of {which} lengths (default: fixed)")
-        data.add_argument(f"--{which}-spread", type=_non_negative, default=0.0,
+        data.add_argument(f"--{which}-spread", type=_non_negative, default=0.0, metavar="X",
                           help=f"uniform: {which} lengths within mean*(1 +- spread); "
                           "lognormal: coefficient of variation (default: 0)")
-    data.add_argument("--tokenizer", help="tokenizer.json (or its directory) to cut prompts "
-                      "to exactly --input-len tokens; without it lengths are estimated for a "
-                      "typical BPE vocabulary")
+    data.add_argument("--tokenizer", metavar="PATH",
+                      help="tokenizer.json (or its directory) to cut prompts to exactly "
+                      "--input-len tokens; without it lengths are estimated for a typical BPE "
+                      "vocabulary")
     data.add_argument("--random-token-ids", action="store_true",
                       help="send prompts as lists of random token ids (completions only)")
-    data.add_argument("--vocab-size", type=_positive_int,
+    data.add_argument("--vocab-size", type=_positive_int, metavar="N",
                       help="id range for --random-token-ids without --tokenizer "
                       f"(default: {DEFAULT_VOCAB_SIZE})")
-    data.add_argument("--seed", type=int, default=0, help="seed of prompts, lengths and "
-                      "arrival times (default: 0)")
+    data.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="seed of prompts, lengths and arrival times (default: 0)")
 
-    load = p.add_argument_group("load and SLO")
-    load.add_argument("--arrival", choices=KINDS, default="poisson",
-                      help="arrival process of open-loop runs (default: poisson)")
-    load.add_argument("--cv", type=_positive, help="coefficient of variation of the gaps of "
-                      "--arrival gamma: above 1 is burstier than Poisson")
+
+
+def _add_arrival_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--arrival", choices=KINDS, default="poisson",
+                       help="arrival process of open-loop runs (default: poisson)")
+    group.add_argument("--cv", type=_positive, metavar="X", help="coefficient of variation "
+                       "of the gaps of --arrival gamma: above 1 is burstier than Poisson")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    load = p.add_argument_group("SLO")
     load.add_argument("--slo-ttft", type=_positive, metavar="SEC",
                       help="time-to-first-token target in seconds")
     load.add_argument("--slo-tpot", type=_positive, metavar="SEC",
                       help="time-per-output-token target in seconds")
 
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, help="write the result as JSON to this file")
-    out.add_argument("--label", default="", help="name of this result in tables and plots")
+    out.add_argument("--out", type=Path, metavar="PATH",
+                     help="write the result as JSON to this file")
+    out.add_argument("--label", default="", metavar="NAME",
+                     help="name of this result in tables and plots")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -190,56 +201,69 @@ def _parser() -> _Parser:
         "server (pdserve, vLLM, SGLang, Dynamo).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Raw text keeps each example on one line, ready to copy.
+    raw = argparse.RawDescriptionHelpFormatter
 
     run = sub.add_parser(
         "run", help="run one benchmark and report latency, throughput and SLO attainment",
-        description="Send a workload at a request rate (open loop) or a concurrency (closed "
-        "loop) and report TTFT, TPOT, ITL and E2E latency (mean, median, p90, p99), "
-        "throughput and, with SLOs, attainment.",
-        epilog="example: pdserve bench run --url http://localhost:8000 --rate 4 "
+        formatter_class=raw,
+        description="Send a workload at a request rate (open loop) or a concurrency (closed\n"
+        "loop) and report TTFT, TPOT, ITL and E2E latency (mean, median, p90, p99),\n"
+        "throughput and, with SLOs, their attainment.",
+        epilog="example:\n  pdserve bench run --url http://localhost:8000 --rate 4 "
         "--input-len 512 --output-len 128 --slo-ttft 0.5 --slo-tpot 0.05 --out result.json",
     )
-    _add_workload_options(run)
-    pace = run.add_argument_group("pace (one of)").add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_rate, help="requests per second, or 'inf' for all at "
-                      "once (a trace keeps its own pace unless given)")
-    pace.add_argument("--concurrency", type=_positive_int,
+    _add_server_options(run)
+    pace_group = run.add_argument_group("pace (--rate or --concurrency)")
+    pace = pace_group.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=_rate, metavar="R", help="requests per second, or 'inf' "
+                      "for all at once (a trace keeps its own pace unless given)")
+    pace.add_argument("--concurrency", type=_positive_int, metavar="C",
                       help="closed loop: keep this many requests in flight")
+    _add_arrival_options(pace_group)
+    _add_workload_options(run)
+    _add_output_options(run)
     run.set_defaults(handler=_cmd_run)
 
     goodput = sub.add_parser(
         "goodput", help="find the highest request rate that meets the SLO attainment",
-        description="Find the goodput: the highest request rate at which at least "
-        "--attainment of the requests meet both SLOs. Brackets (doubling or halving from "
+        formatter_class=raw,
+        description="Find the goodput: the highest request rate at which at least --attainment\n"
+        "of the requests meet every SLO given. Brackets (doubling or halving from\n"
         "--start-rate), then bisects; every point is a full run of --num-prompts requests.",
-        epilog="example: pdserve bench goodput --url http://localhost:8000 --slo-ttft 0.5 "
+        epilog="example:\n  pdserve bench goodput --url http://localhost:8000 --slo-ttft 0.5 "
         "--slo-tpot 0.05 --attainment 0.9 --gpus 2 --out goodput.json",
     )
-    _add_workload_options(goodput)
+    _add_server_options(goodput)
     search_opts = goodput.add_argument_group("search")
-    search_opts.add_argument("--attainment", type=_fraction, default=0.9,
+    search_opts.add_argument("--attainment", type=_fraction, default=0.9, metavar="X",
                              help="share of requests that must meet the SLOs (default: 0.9)")
-    search_opts.add_argument("--gpus", type=_positive_int,
+    search_opts.add_argument("--gpus", type=_positive_int, metavar="N",
                              help="GPUs the server uses, to report goodput per GPU")
-    search_opts.add_argument("--start-rate", type=_positive, default=1.0,
+    search_opts.add_argument("--start-rate", type=_positive, default=1.0, metavar="R",
                              help="first rate tried, req/s (default: 1)")
-    search_opts.add_argument("--min-rate", type=_positive,
+    search_opts.add_argument("--min-rate", type=_positive, metavar="R",
                              help="give up below this rate (default: start-rate / 16)")
-    search_opts.add_argument("--max-rate", type=_positive,
+    search_opts.add_argument("--max-rate", type=_positive, metavar="R",
                              help="stop doubling above this rate (default: start-rate * 1024)")
-    search_opts.add_argument("--tolerance", type=_positive, default=0.05,
+    search_opts.add_argument("--tolerance", type=_positive, default=0.05, metavar="X",
                              help="stop when the bracket is narrower than this share of its "
                              "upper end (default: 0.05)")
+    _add_arrival_options(search_opts)
+    _add_workload_options(goodput)
+    _add_output_options(goodput)
     goodput.set_defaults(handler=_cmd_goodput)
 
     plot = sub.add_parser(
         "plot", help="draw PNG plots of result files",
-        description="Latency CDFs of run results (several overlay); SLO attainment against "
+        formatter_class=raw,
+        description="Latency CDFs of run results (several overlay); SLO attainment against\n"
         "request rate of goodput results, or of several runs at different rates.",
+        epilog="example:\n  pdserve bench plot vllm.json pdserve.json --out-dir plots",
     )
     plot.add_argument("results", nargs="+", type=Path, help="result JSON files")
-    plot.add_argument("--out-dir", type=Path, help="directory for the PNGs (default: the "
-                      "first result's directory)")
+    plot.add_argument("--out-dir", type=Path, metavar="DIR",
+                      help="directory for the PNGs (default: the first result's directory)")
     plot.set_defaults(handler=_cmd_plot)
     return parser
 

@@ -65,7 +65,7 @@ async def search(
         attainment = summary.slo_attainment
         if attainment is None:
             raise SearchError("runs of a goodput search need an SLO to measure attainment")
-        point = GoodputPoint(rate, attainment, attainment >= settings.target, summary)
+        point = GoodputPoint(rate, attainment >= settings.target, summary)
         points.append(point)
         if on_point:
             on_point(point)

@@ -32,6 +32,7 @@ def latency_cdfs(runs: list[tuple[str, RunResult]], path: Path) -> None:
     """One panel per latency metric, one curve per run, SLO targets as dashed lines."""
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     for ax, (metric, title) in zip(fig.subplots(2, 2).flat, PANELS, strict=True):
+        targets = set()
         for label, run in runs:
             values = np.asarray(_samples(run, metric)) * 1000
             if values.size == 0:
@@ -40,7 +41,10 @@ def latency_cdfs(runs: list[tuple[str, RunResult]], path: Path) -> None:
             ax.plot(np.quantile(values, probs), probs, label=label)
             target = getattr(run.config.slo, metric, None)
             if target is not None:
-                ax.axvline(target * 1000, linestyle="--", color="grey", linewidth=1)
+                targets.add(target * 1000)
+        for target in sorted(targets):
+            ax.axvline(target, linestyle="--", color="grey", linewidth=1,
+                       label=f"SLO {target:g} ms")
         ax.set_title(title)
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction of requests" if metric != "itl" else "fraction of gaps")
@@ -65,11 +69,12 @@ def attainment_curve(
         (line,) = ax.plot(rates, [a * 100 for a in attained], marker="o", label=label)
         if goodput:
             ax.axvline(goodput, color=line.get_color(), linestyle=":", linewidth=1.2)
-            ax.annotate(f"goodput {goodput:.3g}", (goodput, 3), color=line.get_color(),
-                        rotation=90, fontsize="small", ha="right")
+            ax.annotate(f"goodput {goodput:.3g}", (goodput, 50), color=line.get_color(),
+                        rotation=90, fontsize="small", ha="right", va="center")
     if target is not None:
         ax.axhline(target * 100, linestyle="--", color="grey", linewidth=1,
                    label=f"target {target:.0%}")
+    ax.set_title("SLO attainment against request rate")
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("SLO attainment (%)")
     ax.set_ylim(0, 102)

@@ -112,24 +112,23 @@ class GoodputPoint:
     """One full run of a goodput search."""
 
     request_rate: float
-    slo_attainment: float
     passed: bool
     summary: Summary
 
+    @property
+    def slo_attainment(self) -> float:
+        """Share of the run's requests that met the SLO."""
+        return self.summary.slo_attainment or 0.0
+
     def to_dict(self) -> dict[str, Any]:
         """The rate and its verdict next to the run's summary fields."""
-        return {
-            **self.summary.to_dict(),
-            "request_rate": self.request_rate,
-            "slo_attainment": self.slo_attainment,
-            "passed": self.passed,
-        }
+        return {"request_rate": self.request_rate, "passed": self.passed,
+                **self.summary.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GoodputPoint:
         """Inverse of `to_dict`."""
-        summary = Summary.from_dict(data)
-        return cls(data["request_rate"], data["slo_attainment"], data["passed"], summary)
+        return cls(data["request_rate"], data["passed"], Summary.from_dict(data))
 
 
 @dataclass

@@ -31,7 +31,7 @@ class Script:
     error_after: int | None = None  # send an in-stream error after this many tokens
     rejects: tuple[str, ...] = ()  # body fields answered with a 400 that names them
     busy_limit: int | None = None  # with more requests than this in flight...
-    busy_ttft: float = 0.0  # ...the first token comes after this long instead
+    busy_ttft: float = 0.0  # ...the first token comes this late (the last one on time)
     cycle: tuple[tuple[float, float], ...] = ()  # (ttft, itl) by arrival index, cycled
 
 
@@ -44,8 +44,9 @@ SCRIPTS: dict[str, Script] = {
     "broken-stream": Script(error_after=3),
     "strict": Script(rejects=("ignore_eos",)),
     "stall": Script(ttft=30.0),
-    # Each request lasts 0.05 + 9 * 0.05 = 0.5 s at 10 tokens; with more than 6 in flight the
-    # first token takes 0.3 s. At a constant rate r about 0.5 * r requests are in flight, so
+    # A request of 10 tokens lasts 0.05 + 9 * 0.05 = 0.5 s; with more than 6 in flight its
+    # first token takes 0.3 s (and the rest come faster, so it still ends at 0.5 s and load
+    # does not feed on itself). At a constant rate r, 0.5 * r requests are in flight, so
     # requests keep a 0.05 s TTFT exactly while r < 6 / 0.5 = 12 req/s.
     "busy": Script(ttft=0.05, itl=0.05, busy_limit=6, busy_ttft=0.3),
     # Of every four requests: on time, late first token, slow tokens, on time.
@@ -127,9 +128,11 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
     ttft, itl = script.ttft, script.itl
     if script.cycle:
         ttft, itl = script.cycle[index % len(script.cycle)]
-    if script.busy_limit is not None and counters.in_flight > script.busy_limit:
-        ttft = script.busy_ttft
     tokens = int(body["max_tokens"])
+    if script.busy_limit is not None and counters.in_flight > script.busy_limit:
+        end = ttft + (tokens - 1) * itl
+        ttft = script.busy_ttft
+        itl = max(0.0, end - ttft) / max(1, tokens - 1)
     usage = script.usage and (body.get("stream_options") or {}).get("include_usage")
     loop = asyncio.get_running_loop()
 

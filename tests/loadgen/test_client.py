@@ -1,4 +1,4 @@
-"""The streaming client against a real server with scripted timings (tests/loadgen/scripted_server.py).
+"""The streaming client against a real server with scripted timings (scripted_server.py).
 
 Tolerances are the 5 ms the load generator promises; scripted delays are tens of milliseconds
 so a busy machine still lands well inside them.
