@@ -73,6 +73,20 @@ class Plan:
     def gpus(self) -> int:
         return sum(r.gpus for r in self.roles)
 
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "configuration": self.label(),
+            "prefill": self.prefill.to_json() if self.prefill else None,
+            "decode": self.decode.to_json() if self.decode else None,
+            "colocated": self.colocated.to_json() if self.colocated else None,
+            "gpus": self.gpus,
+            "goodput_per_gpu": self.goodput_per_gpu,
+            "capacity": self.capacity,
+            "placement": {"affinity": self.affinity, "layout": self.layout},
+            "predicted": self.predicted.to_json() if self.predicted else None,
+        }
+
     def label(self) -> str:
         if self.kind == "colocated":
             assert self.colocated is not None

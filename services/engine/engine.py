@@ -150,15 +150,25 @@ class LLMEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         kv_source: dict | None = None,
-        first_token: int | None = None,
+        output_ids: list[int] | None = None,
     ) -> None:
-        """Queue a request. Decode role: give the prefill worker's `kv_source` and first token."""
+        """Queue a request.
+
+        `output_ids` are tokens already generated elsewhere (the prefill worker's first token,
+        or everything a failed decode worker streamed); they count toward max_tokens.
+        `kv_source` is where to pull the prompt's KV from; without it the prompt is computed here.
+        """
         if request_id in self.requests or request_id in self.held:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         self.validate_prompt(prompt_ids, params)
         seq = Sequence(request_id, list(prompt_ids), params, time.monotonic(), kv_source=kv_source)
-        if first_token is not None:
-            seq.token_ids.append(int(first_token))
+        if output_ids:
+            if len(output_ids) >= params.max_tokens:
+                raise InvalidRequestError("output_ids already reach max_tokens; nothing to do")
+            bad = next((t for t in output_ids if not 0 <= t < self.model_config.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequestError(f"output token id {bad!r} is outside the vocabulary")
+            seq.token_ids.extend(int(t) for t in output_ids)
         if params.seed is not None:
             seq.generator = torch.Generator().manual_seed(params.seed)
         self.requests[request_id] = seq
