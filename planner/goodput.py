@@ -75,6 +75,7 @@ class PhaseOutcome:
     bound: float  # throughput bound ignoring latency, requests/s
     reason: str | None = None  # why the goodput is zero or the task was skipped
     points: list[tuple[float, float]] = field(default_factory=list)  # (rate, attainment)
+    idle_attainment: float | None = None  # attainment with no queueing at all
 
     @property
     def per_gpu(self) -> float:
@@ -82,7 +83,7 @@ class PhaseOutcome:
 
     def to_json(self) -> dict:
         return {"goodput": self.goodput, "bound": self.bound, "reason": self.reason,
-                "points": self.points}
+                "points": self.points, "idle_attainment": self.idle_attainment}
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,8 @@ def find_goodput(task: PhaseTask, timing: StepTiming, sample: Sample, slo: Slo,
     attained, why = zero_load(task, timing, sample, slo, budget, kv_bytes_per_token)
     if attained < slo.attainment:
         return PhaseOutcome(task, 0.0, bound,
-                            f"only {attained:.0%} meet the SLO even without load: {why}")
+                            f"only {attained:.0%} meet the SLO even without load: {why}",
+                            idle_attainment=attained)
     spec = instance_spec(task, timing, limits, kv_bytes_per_token)
     if task.phase != "prefill":
         sample = long_enough(sample, max_concurrency(task.capacity_tokens, sample, limits))
@@ -254,7 +256,7 @@ def find_goodput(task: PhaseTask, timing: StepTiming, sample: Sample, slo: Slo,
     # but never past what the instance completes when saturated.
     while passes(high):
         if high >= ceiling:
-            return PhaseOutcome(task, high, bound, None, points)
+            return PhaseOutcome(task, high, bound, None, points, attained)
         low, high = high, min(high * 2, ceiling)
     for _ in range(MAX_STEPS):
         if high - low <= TOLERANCE * high:
@@ -265,4 +267,4 @@ def find_goodput(task: PhaseTask, timing: StepTiming, sample: Sample, slo: Slo,
         else:
             high = mid
     reason = None if low > 0 else "no rate meets the SLO attainment target"
-    return PhaseOutcome(task, low, bound, reason, points)
+    return PhaseOutcome(task, low, bound, reason, points, attained)

@@ -156,18 +156,18 @@ def evaluate_tasks(context: Context, tasks: list[PhaseTask], workers: int,
                 task = running.pop(future)
                 data = json.loads(future.result())
                 record(PhaseOutcome(task, data["goodput"], data["bound"], data["reason"],
-                                    [tuple(p) for p in data["points"]]))
+                                    [tuple(p) for p in data["points"]],
+                                    data["idle_attainment"]))
     return outcomes
 
 
 def _unreachable(outcomes: list[PhaseOutcome], phase: str) -> str:
-    """The reason of the fastest configuration of a phase: the most telling one."""
-    tried = [o for o in outcomes if o.task.phase == phase and o.reason
-             and not o.reason.startswith("skipped")]
+    """Why the configuration of a phase that came closest fell short: the most telling."""
+    tried = [o for o in outcomes if o.task.phase == phase and o.idle_attainment is not None]
     if not tried:
         return "no configuration was evaluated"
-    fastest = max(tried, key=lambda o: (o.task.gpus, o.task.tp))
-    return f"even the fastest, {fastest.task.label()}: {fastest.reason}"
+    closest = max(tried, key=lambda o: (o.idle_attainment, o.task.gpus, o.task.link_gb_s))
+    return f"the closest, {closest.task.label()}: {closest.reason}"
 
 
 def predict(context: Context, plan: Plan, rate: float) -> Prediction:
