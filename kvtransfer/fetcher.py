@@ -10,7 +10,6 @@ them, frees or reuses them. Connections to a holder are kept for reuse while idl
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,7 +22,6 @@ from kvtransfer.errors import (
     FingerprintMismatch,
     InvalidParams,
     KVTransferError,
-    LeaseNotFound,
     TransferError,
     TransferTimeout,
 )
@@ -33,8 +31,6 @@ from kvtransfer.params import Fingerprint, KVTransferParams, check_fingerprint
 from kvtransfer.protocol import ReadRequest, ReleaseRequest, check_reply
 from kvtransfer.region import KVRegion, Window, plan_runs
 from kvtransfer.transport import Connection, check_backend, connect
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,13 +133,14 @@ class KVFetcher:
         ``src_offset``/``dst_offset``/``length`` pick the same byte window of every block
         (default: the whole block). ``expect_fingerprint`` is the holder layout to accept when
         it differs from ours (a tensor-parallel slice); by default both must be equal.
-        ``release=False`` keeps the lease for other ranks; a failed release after the data
-        arrived is only logged, since the lease then expires on the holder.
+        With ``release`` (the default) the holder releases the lease as soon as it has sent the
+        data, saving a round trip; if the fetch then fails, the caller recomputes anyway.
+        ``release=False`` keeps the lease for other ranks (release it later with ``release``).
         """
         params = _as_params(params)
         started = time.perf_counter()
         request, dst_spans = self._plan(
-            params, dst_block_ids, src_offset, dst_offset, length, expect_fingerprint
+            params, dst_block_ids, src_offset, dst_offset, length, expect_fingerprint, release
         )
         nbytes = sum(span.numel() for span in dst_spans)
         try:
@@ -165,10 +162,7 @@ class KVFetcher:
             raise
         seconds = time.perf_counter() - started
         self._counters.record(nbytes, seconds)
-        if release:
-            await self._release_after_read(connection, params, timeout)
-        else:
-            self._checkin(params.host, params.port, connection)
+        self._checkin(params.host, params.port, connection)
         return FetchResult(nbytes=nbytes, seconds=seconds, runs=len(dst_spans))
 
     async def release(
@@ -201,6 +195,7 @@ class KVFetcher:
         dst_offset: int,
         length: int | None,
         expect_fingerprint: Fingerprint | None,
+        release: bool,
     ) -> tuple[ReadRequest, list[torch.Tensor]]:
         """Check everything checkable locally and turn the fetch into a request and views."""
         if params.backend != self._backend:
@@ -248,6 +243,7 @@ class KVFetcher:
             src_offset=window.src_offset,
             length=window.length,
             checksum=self._checksum,
+            release=release,
         )
         return request, dst_spans
 
@@ -271,28 +267,6 @@ class KVFetcher:
                 raise TransferError(
                     f"checksum mismatch: holder sent crc32 {reply.get('crc32')!r}, received {got}"
                 )
-
-    async def _release_after_read(
-        self, connection: Connection, params: KVTransferParams, timeout: float
-    ) -> None:
-        # The data is in place: a release that fails only costs the holder waiting for expiry.
-        try:
-            async with asyncio.timeout(timeout):
-                await connection.send_message(
-                    ReleaseRequest(self._token, params.lease_id).to_message()
-                )
-                check_reply(await connection.recv_message())
-        except LeaseNotFound:
-            # Expired while we read it (reads keep it pinned): its blocks are back already.
-            self._checkin(params.host, params.port, connection)
-        except (TimeoutError, KVTransferError) as exc:
-            connection.abort()
-            log.warning("releasing lease %s... failed: %s", params.lease_id[:8], exc or "timeout")
-        except BaseException:
-            connection.abort()
-            raise
-        else:
-            self._checkin(params.host, params.port, connection)
 
     async def _checkout(self, host: str, port: int) -> Connection:
         idle = self._idle.get((host, port), [])

@@ -259,6 +259,9 @@ class KVHolder:
             async with asyncio.timeout(self._io_timeout):
                 await connection.send_message(ok_reply(nbytes=nbytes, crc32=crc))
                 await connection.send_spans(spans)
+            if request.release:
+                # The blocks go back when this read ends (finish_read below), not before.
+                self._leases.release(request.lease_id)
         except (TimeoutError, TransferError) as exc:
             self._counters.failures += 1
             log.warning("sending lease %s... failed: %s", request.lease_id[:8], exc or "timeout")

@@ -3,9 +3,10 @@
 A connection carries a sequence of request/reply pairs, each a JSON object:
 
 - ``read``: token, lease id, the fetcher's expected fingerprint and block size, the source
-  runs (``[first_block, count]``) and the per-block window. The reply is ``{"ok": true,
-  "nbytes", "crc32"}`` followed by the raw bytes of each run in order, or ``{"ok": false,
-  "code", "message"}`` and no data.
+  runs (``[first_block, count]``), the per-block window, and whether to release the lease
+  once the data is sent (so the usual pull costs one round trip). The reply is
+  ``{"ok": true, "nbytes", "crc32"}`` followed by the raw bytes of each run in order, or
+  ``{"ok": false, "code", "message"}`` and no data.
 - ``release``: token and lease id; the reply is ``ok`` or an error.
 
 Block bytes never pass through JSON; only these small descriptors do.
@@ -84,6 +85,7 @@ class ReadRequest:
     src_offset: int
     length: int
     checksum: bool
+    release: bool
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class ReadRequest:
             "src_offset": self.src_offset,
             "length": self.length,
             "checksum": self.checksum,
+            "release": self.release,
         }
 
     @classmethod
@@ -114,9 +117,12 @@ class ReadRequest:
             ):
                 raise InvalidParams(f"each run must be [first_block >= 0, count >= 1], got {run!r}")
             parsed.append((run[0], run[1]))
-        checksum = message.get("checksum")
-        if not isinstance(checksum, bool):
-            raise InvalidParams(f"request field 'checksum' must be a boolean, got {checksum!r}")
+        checksum, release = message.get("checksum"), message.get("release")
+        if not isinstance(checksum, bool) or not isinstance(release, bool):
+            raise InvalidParams(
+                f"request fields 'checksum' and 'release' must be booleans, got "
+                f"{checksum!r} and {release!r}"
+            )
         return cls(
             token=token_of(message),
             lease_id=_str(message, "lease_id"),
@@ -126,6 +132,7 @@ class ReadRequest:
             src_offset=_int(message, "src_offset", 0),
             length=_int(message, "length", 1),
             checksum=checksum,
+            release=release,
         )
 
 

@@ -1,6 +1,9 @@
 """The ``ucx`` backend: UCX tagged send/recv through ``ucxx``, straight from and into the pool.
 
-Each span is posted as one tagged message whose buffer is the pool's own memory (a NumPy view
+A control message is one tagged message, its length in the first 8 bytes, received into a
+buffer of the largest allowed size (UCX accepts a shorter message into a longer buffer): one
+message instead of a length and a body halves the per-request overhead. Each span is posted
+as one tagged message whose buffer is the pool's own memory (a NumPy view
 of a CPU tensor, the tensor itself on CUDA via ``__cuda_array_interface__``), so UCX reads and
 writes the registered pool directly. All spans of a read are posted at once, each with its own
 tag, so UCX pipelines them. A receive is posted with the exact span length, so a short or long
@@ -78,6 +81,7 @@ class UcxConnection:
 
     def __init__(self, endpoint: Any):
         self._ep = endpoint
+        self._inbox: bytearray | None = None
 
     @classmethod
     async def connect(cls, host: str, port: int, timeout: float) -> UcxConnection:
@@ -96,18 +100,16 @@ class UcxConnection:
 
     async def send_message(self, message: dict[str, Any]) -> None:
         data = encode_message(message)
-        await _ucx(self._ep.send(bytearray(_HEADER.pack(len(data)))), "send")
-        await _ucx(self._ep.send(bytearray(data)), "send")
+        await _ucx(self._ep.send(bytearray(_HEADER.pack(len(data)) + data)), "send")
 
     async def recv_message(self) -> dict[str, Any]:
-        header = bytearray(_HEADER.size)
-        await _ucx(self._ep.recv(header), "receive")
-        (size,) = _HEADER.unpack(header)
+        if self._inbox is None:
+            self._inbox = bytearray(_HEADER.size + MAX_MESSAGE_BYTES)
+        await _ucx(self._ep.recv(self._inbox), "receive")
+        (size,) = _HEADER.unpack_from(self._inbox)
         if size > MAX_MESSAGE_BYTES:
             raise TransferError(f"peer announced a {size}-byte control message; stream is corrupt")
-        body = bytearray(size)
-        await _ucx(self._ep.recv(body), "receive")
-        return decode_message(body)
+        return decode_message(self._inbox[_HEADER.size : _HEADER.size + size])
 
     async def send_spans(self, spans: list[torch.Tensor]) -> None:
         sends = [self._ep.send(_buffer(span), tag=i) for i, span in enumerate(spans)]
