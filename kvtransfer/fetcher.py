@@ -25,9 +25,13 @@ from kvtransfer.errors import (
     TransferError,
     TransferTimeout,
 )
-from kvtransfer.holder import fingerprint_difference
 from kvtransfer.metrics import FetcherMetrics, TransferCounters
-from kvtransfer.params import Fingerprint, KVTransferParams, check_fingerprint
+from kvtransfer.params import (
+    Fingerprint,
+    KVTransferParams,
+    check_fingerprint,
+    fingerprint_difference,
+)
 from kvtransfer.protocol import ReadRequest, ReleaseRequest, check_reply
 from kvtransfer.region import KVRegion, Window, plan_runs
 from kvtransfer.transport import Connection, check_backend, connect

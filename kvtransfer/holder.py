@@ -28,7 +28,12 @@ from kvtransfer.errors import (
 )
 from kvtransfer.leases import LeaseTable, OnRelease
 from kvtransfer.metrics import HolderMetrics, TransferCounters
-from kvtransfer.params import Fingerprint, KVTransferParams, check_fingerprint
+from kvtransfer.params import (
+    Fingerprint,
+    KVTransferParams,
+    check_fingerprint,
+    fingerprint_difference,
+)
 from kvtransfer.protocol import (
     ReadRequest,
     ReleaseRequest,
@@ -45,22 +50,17 @@ log = logging.getLogger(__name__)
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
-def fingerprint_difference(ours: Fingerprint, theirs: Fingerprint) -> str:
-    """A readable list of the keys on which two fingerprints disagree."""
-    keys = sorted(set(ours) | set(theirs))
-    return ", ".join(
-        f"{key}: {ours.get(key)!r} != {theirs.get(key)!r}"
-        for key in keys
-        if ours.get(key) != theirs.get(key)
-    )
-
-
 class KVHolder:
     """Serves leased KV blocks of one pool tensor to fetchers over one backend.
 
     ``on_release(block_ids)`` is called exactly once per lease, when it is released (by a
     fetcher, by ``release`` or by ``stop``) or expires; it runs on the event loop thread or
     on the thread that called ``release``, so it must be safe to call from either.
+
+    ``host``/``port`` are where to listen (the ``ucx`` backend listens on every interface and
+    uses only the port); ``advertise_host`` is the address put in the params for peers
+    (default: ``host``, or this machine's address when ``host`` is a wildcard).
+    ``io_timeout`` bounds each reply and data send; ``idle_timeout`` drops silent peers.
     """
 
     def __init__(
@@ -233,7 +233,7 @@ class KVHolder:
             if request.fingerprint != self._fingerprint:
                 raise FingerprintMismatch(
                     "KV layouts differ: "
-                    + fingerprint_difference(self._fingerprint, request.fingerprint)
+                    + fingerprint_difference(request.fingerprint, self._fingerprint)
                 )
             if request.block_bytes != self._region.block_bytes:
                 raise FingerprintMismatch(

@@ -36,6 +36,15 @@ def check_fingerprint(fingerprint: object, what: str = "fingerprint") -> Fingerp
     return fingerprint
 
 
+def fingerprint_difference(fetcher: Fingerprint, holder: Fingerprint) -> str:
+    """The keys on which two layouts disagree, worded so an operator sees which side has what."""
+    return ", ".join(
+        f"{key}: fetcher expects {fetcher.get(key)!r}, holder has {holder.get(key)!r}"
+        for key in sorted(set(fetcher) | set(holder))
+        if fetcher.get(key) != holder.get(key)
+    )
+
+
 def check_block_ids(block_ids: object, what: str, num_blocks: int | None = None) -> list[int]:
     """Return ``block_ids`` as a list if it is a non-empty list of distinct ids in range."""
     if not isinstance(block_ids, list | tuple) or not block_ids:

@@ -95,10 +95,12 @@ async def test_mismatched_fingerprint_is_refused_and_nothing_written(
     pool = sentinel_pool()
     params = await holder.grant([10, 11], num_tokens=20)
     async with KVFetcher(pool, BLOCK_BYTES, other, TOKEN, backend=holder.backend) as fetcher:
-        with pytest.raises(FingerprintMismatch, match="num_layers: 31 != 30"):
+        with pytest.raises(
+            FingerprintMismatch, match="num_layers: fetcher expects 31, holder has 30"
+        ):
             await fetcher.fetch(params, [0, 1])
         # Params forged to look like our layout: the holder checks against its own and refuses.
-        with pytest.raises(FingerprintMismatch, match="holder refused"):
+        with pytest.raises(FingerprintMismatch, match="holder refused.*fetcher expects 31"):
             await fetcher.fetch({**params, "fingerprint": other}, [0, 1])
     assert untouched_except(pool, [])
     # The refused lease was not consumed: a matching fetcher still gets it.
