@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from planner.errors import ProfileError
@@ -22,8 +21,8 @@ STAGE_HOP_MS = 1.0
 
 
 def bundled_data_path(filename: str) -> Path:
-    """Path of a data file shipped inside the planner package."""
-    return Path(str(resources.files("planner").joinpath("data", filename)))
+    """Path of a data file shipped inside the planner package (planner/data/)."""
+    return Path(__file__).resolve().parent / "data" / filename
 
 
 @dataclass(frozen=True)

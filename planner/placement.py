@@ -14,6 +14,7 @@ is replicated across the cluster.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from planner.cluster import Cluster
 from planner.goodput import PhaseOutcome
@@ -95,11 +96,30 @@ def high_affinity_plans(prefills: list[PhaseOutcome], decodes: list[PhaseOutcome
     return plans
 
 
-def low_affinity_plans(prefills: list[PhaseOutcome], decodes: list[PhaseOutcome],
-                       cluster: Cluster, rate: float | None) -> list[Plan]:
-    """The best low-affinity deployments (decodes timed with KV over NVLink)."""
+@dataclass(frozen=True)
+class LowUnit:
+    """P nodes, each holding one stage of `n_prefill` prefill and `n_decode` decode instances."""
+
+    prefill: PhaseOutcome
+    decode: PhaseOutcome
+    n_prefill: int
+    n_decode: int
+    stages: int  # nodes the unit spans
+
+    @property
+    def gpus(self) -> int:
+        return self.n_prefill * self.prefill.task.gpus + self.n_decode * self.decode.task.gpus
+
+    @property
+    def rate(self) -> float:
+        return min(self.n_prefill * self.prefill.goodput, self.n_decode * self.decode.goodput)
+
+
+def low_affinity_units(prefills: list[PhaseOutcome], decodes: list[PhaseOutcome],
+                       cluster: Cluster) -> list[LowUnit]:
+    """Every unit worth considering, best goodput per GPU first."""
     per_node = cluster.gpus_per_node
-    units: list[tuple[float, int, PhaseOutcome, PhaseOutcome, int, int, int]] = []
+    units: list[LowUnit] = []
     for stages in range(1, cluster.nodes + 1):
         for p in prefills:
             if p.task.pp % stages or p.task.gpus // stages > per_node:
@@ -113,28 +133,42 @@ def low_affinity_plans(prefills: list[PhaseOutcome], decodes: list[PhaseOutcome]
                     most_d = (per_node - n_p * seg_p) // seg_d
                     balanced = math.ceil(n_p * p.goodput / d.goodput)
                     for n_d in {min(most_d, balanced), max(1, min(most_d, balanced - 1))}:
-                        gpus = stages * (n_p * seg_p + n_d * seg_d)
-                        unit_rate = min(n_p * p.goodput, n_d * d.goodput)
-                        units.append((unit_rate / gpus, gpus, p, d, n_p, n_d, stages))
-    units.sort(key=lambda u: (-u[0], u[1]))
+                        units.append(LowUnit(p, d, n_p, n_d, stages))
+    units.sort(key=lambda u: (-u.rate / u.gpus, u.gpus))
+    return units
+
+
+def low_affinity_plans(prefills: list[PhaseOutcome], decodes: list[PhaseOutcome],
+                       cluster: Cluster, rate: float | None) -> list[Plan]:
+    """The best low-affinity deployments (decodes timed with KV over NVLink)."""
     plans: list[Plan] = []
-    for per_gpu, gpus, p, d, n_p, n_d, stages in units:
-        unit_rate = min(n_p * p.goodput, n_d * d.goodput)
-        most_units = cluster.nodes // stages
-        count = most_units if rate is None else math.ceil(rate / unit_rate)
+    for unit in low_affinity_units(prefills, decodes, cluster):
+        most_units = cluster.nodes // unit.stages
+        count = most_units if rate is None else math.ceil(rate / unit.rate)
         if count > most_units or count < 1:
             continue
-        span = f"{stages} nodes" if stages > 1 else "node"
+        span = f"{unit.stages} nodes" if unit.stages > 1 else "node"
         plans.append(Plan(
-            kind="disaggregated", affinity="low", prefill=_role(p, n_p * count),
-            decode=_role(d, n_d * count), colocated=None, goodput_per_gpu=per_gpu,
-            capacity=unit_rate * count,
-            layout=(f"{count} x ({n_p} prefill + {n_d} decode per {span}, {gpus} GPUs); "
-                    "KV moves over NVLink"),
+            kind="disaggregated", affinity="low",
+            prefill=_role(unit.prefill, unit.n_prefill * count),
+            decode=_role(unit.decode, unit.n_decode * count), colocated=None,
+            goodput_per_gpu=unit.rate / unit.gpus, capacity=unit.rate * count,
+            layout=(f"{count} x ({unit.n_prefill} prefill + {unit.n_decode} decode per {span}, "
+                    f"{unit.gpus} GPUs); KV moves over NVLink"),
         ))
         if len(plans) >= TOP_COMBINATIONS:
             break
     return plans
+
+
+def gpus_needed(prefills: list[PhaseOutcome], decodes_network: list[PhaseOutcome],
+                decodes_nvlink: list[PhaseOutcome], cluster: Cluster, rate: float) -> int:
+    """Fewest GPUs in whole instances (or low-affinity units) that serve `rate`."""
+    high = [math.ceil(rate / p.goodput) * p.task.gpus + math.ceil(rate / d.goodput) * d.task.gpus
+            for p in prefills for d in decodes_network]
+    low = [math.ceil(rate / u.rate) * u.gpus
+           for u in low_affinity_units(prefills, decodes_nvlink, cluster)]
+    return min(high + low)
 
 
 def colocated_plans(outcomes: list[PhaseOutcome], cluster: Cluster,

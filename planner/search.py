@@ -14,9 +14,8 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from planner.arrivals import arrival_times
@@ -30,13 +29,20 @@ from planner.goodput import (
     throughput_bound,
 )
 from planner.memory import MemoryModel
-from planner.placement import colocated_plans, high_affinity_plans, low_affinity_plans
+from planner.placement import (
+    colocated_plans,
+    gpus_needed,
+    high_affinity_plans,
+    low_affinity_plans,
+)
 from planner.plan import Plan, Prediction, RolePlan, SearchResult
 from planner.simulator import InstanceSpec, simulate_deployment
 from planner.worker import Context, evaluate_json, init_worker, task_to_json
 
 # Plans simulated end to end (the table's rows).
 VERIFIED_PLANS = 5
+# Tasks evaluated between two pruning decisions.
+WAVE = 4
 
 
 @dataclass(frozen=True)
@@ -136,29 +142,40 @@ def evaluate_tasks(context: Context, tasks: list[PhaseTask], workers: int,
                             f"is below the best goodput found ({best[_kind(task)]:.3g})"))
         return True
 
-    if workers <= 1:
-        for task in order:
-            if not cannot_win(task):
-                record(context.evaluate(task))
-        return outcomes
+    def evaluate_inline(wave: list[PhaseTask]) -> list[PhaseOutcome]:
+        return [context.evaluate(task) for task in wave]
 
-    pending = list(order)
-    running: dict[Future, PhaseTask] = {}
-    with ProcessPoolExecutor(workers, initializer=init_worker,
-                             initargs=(context.to_json(),)) as pool:
-        while pending or running:
-            while pending and len(running) < 2 * workers:
+    def run(evaluate_wave: Callable[[list[PhaseTask]], list[PhaseOutcome]]) -> None:
+        pending = list(order)
+        while pending:
+            # Decisions to skip use only finished waves, so the answer does not depend on how
+            # many workers there are or in which order they finish.
+            wave: list[PhaseTask] = []
+            while pending and len(wave) < WAVE:
                 task = pending.pop(0)
                 if not cannot_win(task):
-                    running[pool.submit(evaluate_json, task_to_json(task))] = task
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                task = running.pop(future)
-                data = json.loads(future.result())
-                record(PhaseOutcome(task, data["goodput"], data["bound"], data["reason"],
-                                    [tuple(p) for p in data["points"]],
-                                    data["idle_attainment"]))
+                    wave.append(task)
+            for outcome in evaluate_wave(wave):
+                record(outcome)
+
+    if workers <= 1:
+        run(evaluate_inline)
+        return outcomes
+    with ProcessPoolExecutor(workers, initializer=init_worker,
+                             initargs=(context.to_json(),)) as pool:
+
+        def evaluate_parallel(wave: list[PhaseTask]) -> list[PhaseOutcome]:
+            results = pool.map(evaluate_json, [task_to_json(t) for t in wave])
+            return [_outcome(task, json.loads(data)) for task, data in zip(wave, results,
+                                                                             strict=True)]
+
+        run(evaluate_parallel)
     return outcomes
+
+
+def _outcome(task: PhaseTask, data: dict) -> PhaseOutcome:
+    return PhaseOutcome(task, data["goodput"], data["bound"], data["reason"],
+                        [tuple(p) for p in data["points"]], data["idle_attainment"])
 
 
 def _unreachable(outcomes: list[PhaseOutcome], phase: str) -> str:
@@ -235,17 +252,12 @@ def search(context: Context, memory: MemoryModel, settings: SearchSettings,
     plans += low_affinity_plans(prefills, decodes_nvl, cluster, rate)
     plans.sort(key=lambda p: (-p.goodput_per_gpu, p.gpus))
     if not plans:
-        best_per_gpu = max(
-            1.0 / (p.task.gpus / p.goodput + d.task.gpus / d.goodput)
-            for p in prefills for d in decodes_net + decodes_nvl
-        )
-        need = math.ceil(rate / best_per_gpu) if rate else cluster.total_gpus + 1
-        raise InfeasibleError(
-            f"the target rate of {rate:g} req/s needs about {need} GPUs even with the best "
-            f"configuration ({best_per_gpu:.3g} req/s per GPU); the cluster has "
-            f"{cluster.total_gpus}" if rate else
-            "no disaggregated deployment fits the cluster: it needs at least two instances"
-        )
+        if rate is None:
+            raise InfeasibleError("no disaggregated deployment fits the cluster: it needs at "
+                                  "least one prefill and one decode instance")
+        need = gpus_needed(prefills, decodes_net, decodes_nvl, cluster, rate)
+        raise InfeasibleError(f"the target rate of {rate:g} req/s needs at least {need} GPUs "
+                              f"in whole instances; the cluster has {cluster.total_gpus}")
     colocated = colocated_plans([o for o in good if o.task.phase == "colocated"], cluster, rate)
     for plan in plans[:VERIFIED_PLANS] + colocated[:1]:
         plan.predicted = predict(context, plan, rate if rate is not None else plan.capacity)
