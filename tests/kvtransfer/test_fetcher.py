@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 import socket
+import struct
+import zlib
 
 import pytest
 import torch
@@ -276,3 +279,62 @@ async def test_holder_killed_mid_transfer_fails_cleanly(backend: str) -> None:
             assert f.metrics.failures == 1
     finally:
         await holder.kill()
+
+
+async def scripted_liar(behaviour: str) -> asyncio.Server:
+    """A scripted peer speaking the tcp framing that misbehaves in one chosen way.
+
+    A real holder never sends wrong bytes, so this stands in for a broken or corrupting link.
+    """
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (size,) = struct.unpack(">I", await reader.readexactly(4))
+        request = json.loads(await reader.readexactly(size))
+        nbytes = sum(count for _, count in request["runs"]) * request["length"]
+        payload = EXPECTED[0].view(torch.uint8).numpy().tobytes()[:nbytes]
+        crc = zlib.crc32(payload)
+        if behaviour == "corrupt":
+            payload = bytes([payload[0] ^ 1]) + payload[1:]
+        reply = {"ok": True, "nbytes": nbytes // 2 if behaviour == "wrong size" else nbytes}
+        reply["crc32"] = crc
+        body = json.dumps(reply).encode()
+        writer.write(struct.pack(">I", len(body)) + body)
+        writer.write(payload[: nbytes // 2] if behaviour == "short" else payload)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("short", "peer closed the connection after"),
+        ("wrong size", "holder announced"),
+        ("corrupt", "checksum mismatch"),
+    ],
+)
+async def test_short_or_corrupt_data_is_detected(behaviour: str, message: str) -> None:
+    server = await scripted_liar(behaviour)
+    port = server.sockets[0].getsockname()[1]
+    params = {
+        "backend": "tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "lease_id": secrets.token_urlsafe(24),
+        "block_ids": [0],
+        "num_tokens": 16,
+        "fingerprint": FINGERPRINT,
+        "block_bytes": BLOCK_BYTES,
+        "expires_at": 4e9,
+    }
+    pool = sentinel_pool(4)
+    try:
+        async with KVFetcher(pool, BLOCK_BYTES, FINGERPRINT, TOKEN, checksum=True) as fetcher:
+            with pytest.raises(TransferError, match=message):
+                await fetcher.fetch(params, [2], timeout=10)
+            assert fetcher.metrics.failures == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert untouched_except(pool, [2])
