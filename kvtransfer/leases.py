@@ -30,7 +30,6 @@ class Lease:
 
     lease_id: str
     block_ids: list[int]
-    num_tokens: int
     expires_at: float
     readers: int = 0
     closed: bool = False
@@ -57,7 +56,7 @@ class LeaseTable:
             raise InvalidParams(f"lease ttl must be a positive number of seconds, got {ttl!r}")
         if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
             raise InvalidParams(f"num_tokens must be a positive integer, got {num_tokens!r}")
-        lease = Lease(secrets.token_urlsafe(24), list(block_ids), num_tokens, time.time() + ttl)
+        lease = Lease(secrets.token_urlsafe(24), list(block_ids), time.time() + ttl)
         with self._lock:
             self._leases[lease.lease_id] = lease
             self.granted += 1

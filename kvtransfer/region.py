@@ -97,10 +97,6 @@ class KVRegion:
         # A flat byte view of the same storage: slicing it never copies.
         self.bytes = pool.reshape(-1).view(torch.uint8)
 
-    @property
-    def device(self) -> torch.device:
-        return self.pool.device
-
     def check_ids(self, block_ids: object, what: str) -> list[int]:
         """Validate block ids against this pool; raise InvalidParams naming the bad id."""
         return check_block_ids(block_ids, what, self.num_blocks)

@@ -3,9 +3,9 @@
 A control message is one tagged message, its length in the first 8 bytes, received into a
 buffer of the largest allowed size (UCX accepts a shorter message into a longer buffer): one
 message instead of a length and a body halves the per-request overhead. Each span is posted
-as one tagged message whose buffer is the pool's own memory (a NumPy view
-of a CPU tensor, the tensor itself on CUDA via ``__cuda_array_interface__``), so UCX reads and
-writes the registered pool directly. All spans of a read are posted at once, each with its own
+as one tagged message whose buffer is the pool's own memory (a NumPy view of a CPU tensor, the
+tensor itself on CUDA via ``__cuda_array_interface__``), so UCX reads and writes the
+registered pool directly. All spans of a read are posted at once, each with its own
 tag, so UCX pipelines them. A receive is posted with the exact span length, so a short or long
 message fails with a truncation error instead of being accepted.
 
@@ -19,8 +19,13 @@ Environment, as found with ucxx-cu12 0.52 / libucx-cu12 1.21:
   excludes shared-memory transports (``posix``, ``sysv``, ``cma``) from endpoints with error
   handling, so on a CPU-only host every transfer runs over ``tcp`` on loopback even though
   ``UCX_TLS`` defaults to ``all``; ``UCX_PROTO_INFO=y`` prints the chosen protocols. On a GPU
-  cluster the same code uses RDMA (``rc``/``dc``) or ``cuda_ipc``/NVLink, which support error
-  handling. ``UCX_TLS`` and the other ``UCX_*`` variables can still narrow or tune the choice.
+  cluster UCX picks RDMA or CUDA transports where they support error handling; check the
+  choice there with ``UCX_PROTO_INFO=y`` too. ``UCX_TLS`` and the other ``UCX_*`` variables
+  can narrow or tune it.
+- On such a host the ``tcp`` backend is the faster choice (``bench/kvtransfer_bandwidth.py``
+  prints both): UCX's tcp transport stages rendezvous data through bounce buffers.
+  ``UCX_RNDV_SCHEME=put_zcopy`` lifted raw and kvtransfer UCX throughput alike there (about
+  1.8x in one run); it is left unset because UCX's own choice is the right one on RDMA/NVLink.
 - ``RAPIDS_NO_INITIALIZE`` is not needed: UCX is initialised lazily, on the first listener or
   endpoint, so importing this module creates no context, and the tcp backend never imports it.
 - The listener binds every interface; the port is the only address it takes.
