@@ -1,0 +1,103 @@
+"""Router errors: each carries the HTTP status and OpenAI error fields it maps to, once, here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+
+class RouterError(Exception):
+    """Base of every error the router answers with; subclasses fix status and type."""
+
+    status = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """The error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class InvalidRequest(RouterError):
+    """The request is malformed or asks for something out of range."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedFeature(InvalidRequest):
+    """The request is well formed but asks for a feature this server does not offer."""
+
+    code = "unsupported_feature"
+
+
+class ModelNotFound(InvalidRequest):
+    code = "model_not_found"
+
+
+class PromptTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "not_found_error"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class TooManyRequests(RouterError):
+    """This router already has as many requests in flight as it allows."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_requests"
+
+
+class NoWorkerAvailable(RouterError):
+    """No live worker of a role the request needs, or every one of them refused or failed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "no_worker_available"
+
+
+class WorkerFailed(RouterError):
+    """A worker answered in a way the router cannot pass on (bad token, broken response)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "worker_failed"
