@@ -274,7 +274,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         print("predicted for the best plan:")
         for rate in args.predict_at:
             p = predict(context, result.best, rate)
-            print(f"  {rate:g} req/s: {p.attainment:.1%} meet both SLOs, p90 TTFT "
+            print(f"  at {rate:g} req/s: {p.attainment:.1%} meet both SLOs, p90 TTFT "
                   f"{p.ttft_p90:.3f} s, p90 TPOT {p.tpot_p90:.3f} s")
     if args.json is not None:
         data = plan_json(result, model, cluster, slo, limits, args.workload, args.rate, command)

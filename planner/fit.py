@@ -20,8 +20,10 @@ from planner.fitted_profile import Coefficients, read_profile_file
 from planner.measurements import Measurements
 
 MIN_ROWS = 3
-# A split decode fit must cut the squared error by this factor to be worth its extra terms.
+# A split decode fit must cut the squared error by this factor (and by more than rounding) to
+# be worth its extra terms, with enough steps on each side to be more than an exact solve.
 SPLIT_GAIN = 0.9
+SPLIT_MIN_ROWS = 6
 
 
 @dataclass(frozen=True)
@@ -81,20 +83,21 @@ def _fit_decode(x: np.ndarray, y: np.ndarray, batch: np.ndarray,
             int(batch.max()) + 1, single_errors)
     for cut in candidates:
         small = batch < cut
-        if small.sum() < MIN_ROWS or (~small).sum() < MIN_ROWS:
+        if small.sum() < SPLIT_MIN_ROWS or (~small).sum() < SPLIT_MIN_ROWS:
             continue
         low = _nonnegative_fit(x[small], y[small])
         high = _nonnegative_fit(x[~small], y[~small])
         errors = np.where(small, _relative_errors(x, y, low), _relative_errors(x, y, high))
         score = float((errors ** 2).sum())
-        if score < best[0] or threshold is not None:
+        if score < best[0] - 1e-12 or threshold is not None:
             best = (score, low, high, cut, errors)
     _, low, high, cut, errors = best
     return low, high, cut, errors
 
 
 def fit(measurements: Measurements, threshold: int | None = None) -> FitResult:
-    """Fit the coefficients; `threshold` fixes the decode batch-size split (default: chosen)."""
+    """Fit the coefficients; `threshold` fixes the decode batch-size split (default: chosen;
+    ignored when either side would have fewer than SPLIT_MIN_ROWS steps)."""
     if len(measurements.prefill) < MIN_ROWS or len(measurements.decode) < MIN_ROWS:
         raise ProfileError(f"need at least {MIN_ROWS} prefill and {MIN_ROWS} decode steps to "
                            f"fit, got {len(measurements.prefill)} and {len(measurements.decode)}")

@@ -63,3 +63,12 @@ def make_context():
 def distserve_memory():
     """distserve_memory(context): memory model with DistServe's measured KV capacities."""
     return _memory
+
+
+@pytest.fixture(scope="session")
+def small_plan(opt13b, distserve_13b):
+    """(result, context) of a quick search: OPT-13B on 1 x 4 A100s, DistServe's chatbot SLOs."""
+    from planner.search import SearchSettings, search
+
+    context = _context(opt13b, distserve_13b, 1, 4, sample=_sample(80))
+    return search(context, _memory(context), SearchSettings()), context

@@ -1,0 +1,112 @@
+"""`pdserve plan` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from planner.cli import main
+from planner.fit import fit, write_profile
+from planner.fitted_profile import Coefficients, FittedTiming
+from planner.measurements import DecodeRow, Measurements, PrefillRow
+
+WORKLOAD = "synthetic:in=755,out=187,in_cv=0.7,out_cv=1.2"
+QUICK = ["--num-requests", "60", "--max-num-seqs", "64", "--workers", "1"]
+OPT13B = ["--model", "facebook/opt-13b", "--gpu", "a100-80g-sxm", "--nodes", "1",
+          "--gpus-per-node", "4", "--workload", WORKLOAD, "--network-gbps", "25"]
+PDSERVE = Path(sys.executable).parent / "pdserve"
+
+
+def test_plan_prints_a_table_and_writes_values_and_json(tmp_path, capsys):
+    values, plan = tmp_path / "values.yaml", tmp_path / "plan.json"
+    status = main([*OPT13B, "--ttft", "0.25", "--tpot", "0.1", *QUICK,
+                   "--out", str(values), "--json", str(plan)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "goodput/GPU" in out and "baseline" in out and "Best: P " in out
+    data = json.loads(plan.read_text())
+    written = yaml.safe_load(values.read_text())
+    assert written["prefill"]["replicas"] == data["prefill"]["replicas"]
+    assert written["decode"]["tensorParallelSize"] == data["decode"]["tp"]
+    assert written["placement"]["affinity"] == data["placement"]["affinity"]
+    assert data["latency_model"].startswith("profile")  # auto picked DistServe's A100 fit
+    assert data["gpus"] <= 4 and data["slo"] == {"ttft": 0.25, "tpot": 0.1, "attainment": 0.9}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "opt-13b", "--gpu", "v100"], "unknown GPU 'v100'"),
+    (["--model", "opt-14b", "--gpu", "a100"], "unknown model 'opt-14b'"),
+    (["--model", "opt-175b", "--gpu", "a100", "--gpus-per-node", "2"],
+     "fits no configuration"),
+    (["--model", "opt-13b", "--gpu", "a100", "--gpus-per-node", "4", "--ttft", "0.02"],
+     "no prefill configuration meets TTFT 0.02 s"),
+    (["--model", "opt-13b", "--gpu", "a100", "--gpus-per-node", "4", "--rate", "5000"],
+     "needs at least"),
+    (["--model", "opt-13b", "--gpu", "a100", "--workload", "synthetic:in=5"], "needs in=MEAN"),
+    (["--model", "opt-13b", "--gpu", "a100", "--max-pp", "2", "--out", "v.yaml"],
+     "pipelineParallelSize 1 only"),
+    (["--model", "opt-13b", "--gpu", "l4", "--latency-model", "distserve"],
+     "measured on a100-80g-sxm"),
+])
+def test_bad_input_is_one_clear_line(capsys, args, message):
+    defaults = {"--workload": WORKLOAD, "--ttft": "0.25", "--tpot": "0.1"}
+    for flag, value in defaults.items():
+        if flag not in args:
+            args = [*args, flag, value]
+    assert main([*args, *QUICK]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pdserve plan: error: ")
+    assert message in err[0]
+
+
+def test_malformed_flags_exit_through_argparse(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*OPT13B, "--ttft", "-1", "--tpot", "0.1"])
+    assert exit_info.value.code == 2
+    assert "--ttft: must be positive" in capsys.readouterr().err
+
+
+def test_profile_from_pdserve_profile_plans_a_cpu_deployment(tmp_path, capsys):
+    # What `pdserve profile` would write for a slow CPU engine: 0.5 ms per prompt token,
+    # 30 ms per decode step, a 60,000-token KV pool.
+    truth = FittedTiming(Coefficients((5.0, 0.5, 1e-5), (30.0, 0.001, 2.0),
+                                      (30.0, 0.001, 2.0), 95), 1)
+    rng = np.random.default_rng(0)
+    prefill = [PrefillRow([n] * k, truth.prefill_ms(n * k, n * n * k) * rng.normal(1, 0.01))
+               for n in (32, 128, 512) for k in (1, 2, 4)]
+    decode = [DecodeRow(b, b * c, truth.decode_ms(b, b * c) * rng.normal(1, 0.01))
+              for b in (1, 4, 16, 32) for c in (64, 256, 1024)]
+    measurements = Measurements("smollm2", "bfloat16", "cpu", 1, 1, prefill, decode, 60000)
+    profile = tmp_path / "cpu-profile.json"
+    write_profile(profile, measurements, fit(measurements))
+    status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "2",
+                   "--workload", "synthetic:in=200,out=50", "--ttft", "2", "--tpot", "0.2",
+                   "--latency-model", str(profile), "--predict-at", "0.5,4,30", *QUICK,
+                   "--json", str(tmp_path / "plan.json")])
+    out = capsys.readouterr().out
+    assert status == 0
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert (data["prefill"]["replicas"], data["decode"]["replicas"]) == (1, 1)
+    assert data["prefill"]["kv_capacity_tokens"] == 60000
+    lines = [line for line in out.splitlines() if line.startswith("  at ")]
+    attainments = [float(line.split(":")[1].split("%")[0]) for line in lines]
+    assert len(attainments) == 3 and attainments == sorted(attainments, reverse=True)
+    assert attainments[0] > 90 and attainments[-1] < 50  # 30 req/s is past the knee
+
+
+def test_pdserve_dispatches_plan():
+    done = subprocess.run([str(PDSERVE), "plan", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    assert "--max-pp" in done.stdout and "no pipeline parallelism yet" in done.stdout
+    failed = subprocess.run([str(PDSERVE), "plan", "--model", "opt-13b", "--gpu", "tpu-v5",
+                             "--workload", WORKLOAD, "--ttft", "1", "--tpot", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr and "unknown GPU 'tpu-v5'" in failed.stderr
