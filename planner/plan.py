@@ -115,6 +115,14 @@ class SearchResult:
     def best_colocated(self) -> Plan | None:
         return self.colocated[0] if self.colocated else None
 
+    def colocated_by_policy(self) -> dict[str, float]:
+        """Best colocated goodput per GPU under each scheduling policy tried."""
+        best: dict[str, float] = {}
+        for o in self.outcomes:
+            if o.task.phase == "colocated" and not (o.reason or "").startswith("skipped"):
+                best[o.task.policy] = max(best.get(o.task.policy, 0.0), o.per_gpu)
+        return best
+
     @property
     def gain(self) -> float | None:
         """Disaggregated over colocated goodput per GPU."""

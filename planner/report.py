@@ -87,6 +87,9 @@ def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
         verdict = "gains" if gain >= 1 else "loses"
         lines.append(f"  Disaggregation {verdict}: {gain:.2f}x the goodput per GPU of the best "
                      f"colocated deployment ({base.label()}, {base.goodput_per_gpu:.3g}).")
+        policies = ", ".join(f"{policy} {value:.3g}" for policy, value in
+                             sorted(result.colocated_by_policy().items()))
+        lines.append(f"  Colocated goodput per GPU by scheduling policy: {policies}.")
     skipped = sum(1 for o in result.outcomes if o.reason and o.reason.startswith("skipped"))
     evaluated = len(result.outcomes) - skipped
     lines.append(f"  Searched {len(result.outcomes)} instance configurations ({evaluated} "
@@ -126,6 +129,7 @@ def plan_json(result: SearchResult, model: ModelSpec, cluster: Cluster, slo: Slo
         "num_requests": result.num_requests,
         "runners_up": [p.to_json() for p in result.plans[1:1 + RUNNERS_UP]],
         "colocated": base.to_json() if base else None,
+        "colocated_by_policy": result.colocated_by_policy(),
         "dropped": [{"configuration": c, "reason": r} for c, r in result.dropped],
         "command": command,
     }

@@ -4,7 +4,8 @@
    layers and is at most --max-pp); drop those the memory model or the latency model cannot
    run, keeping the reason.
 2. Turn shapes into phase tasks: prefill; decode with KV over the network (high affinity) and
-   over NVLink (low affinity); colocated at a few prefill token budgets.
+   over NVLink (low affinity); colocated, chunked at a few prefill token budgets and
+   prefill-first (vLLM's original policy, DistServe's baseline).
 3. Evaluate tasks across worker processes, most promising first (by a throughput bound that
    ignores latency), skipping a task whose bound per GPU is already below the best goodput per GPU
    found for its kind: it cannot win.
@@ -98,7 +99,7 @@ def build_tasks(context: Context, memory: MemoryModel, settings: SearchSettings,
         if settings.affinity in ("high", "auto"):
             tasks.append(PhaseTask("decode", tp, pp, capacity, "network",
                                    cluster.kv_link_gb_s(tp * pp, same_node=False)))
-        if settings.affinity in ("low", "auto") and tp * pp <= cluster.gpus_per_node * pp:
+        if settings.affinity in ("low", "auto"):
             tasks.append(PhaseTask("decode", tp, pp, capacity, "nvlink",
                                    cluster.kv_link_gb_s(tp * pp, same_node=True)))
         default_budget = context.limits.max_num_batched_tokens
@@ -110,8 +111,9 @@ def build_tasks(context: Context, memory: MemoryModel, settings: SearchSettings,
     return tasks, dropped
 
 
-def _kind(task: PhaseTask) -> tuple[str, str]:
-    return (task.phase, task.link)
+def _kind(task: PhaseTask) -> tuple[str, str, str]:
+    # Each colocated policy keeps its own best, so the table can compare with either.
+    return (task.phase, task.link, task.policy)
 
 
 def evaluate_tasks(context: Context, tasks: list[PhaseTask], workers: int,
@@ -123,7 +125,7 @@ def evaluate_tasks(context: Context, tasks: list[PhaseTask], workers: int,
         bounds[task.key] = throughput_bound(task, timing, context.sample, context.limits,
                                             context.model.kv_bytes_per_token)
     order = sorted(tasks, key=lambda t: -bounds[t.key] / t.gpus)
-    best: dict[tuple[str, str], float] = {}
+    best: dict[tuple[str, str, str], float] = {}
     outcomes: list[PhaseOutcome] = []
 
     def record(outcome: PhaseOutcome) -> None:
