@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from services.engine import kernels
+
 
 @dataclass
 class PrefillSegment:
@@ -32,6 +34,7 @@ class AttentionMetadata:
     prefills: list[PrefillSegment]
     num_prefill_tokens: int
     decode_block_tables: torch.Tensor | None  # [B, max_blocks], padded with block 0
+    decode_context_lens: torch.Tensor | None  # [B] tokens each decode query attends to
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True = attend
 
 
@@ -87,11 +90,13 @@ def paged_attention(
         out[seg.start : seg.end] = o.squeeze(0).transpose(0, 1)
     if meta.decode_block_tables is not None:
         n = meta.num_prefill_tokens
-        qd = q[n:].unsqueeze(2)  # [B, Hq, 1, D]
-        kd = gather_blocks(k_cache, meta.decode_block_tables)
-        vd = gather_blocks(v_cache, meta.decode_block_tables)
-        o = F.scaled_dot_product_attention(
-            qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True
+        out[n:] = kernels.decode_attention(
+            q[n:],
+            k_cache,
+            v_cache,
+            meta.decode_block_tables,
+            meta.decode_context_lens,
+            meta.decode_mask,
+            scale,
         )
-        out[n:] = o.squeeze(2)
     return out

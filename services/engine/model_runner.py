@@ -27,7 +27,7 @@ class ModelRunner:
         self.device = device
         self.block_size = pool.layout.block_size
         cos, sin = cos_sin_table(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_positions)
-        self.cos, self.sin = cos.to(device, dtype), sin.to(device, dtype)
+        self.cos, self.sin = cos.to(device), sin.to(device)  # float32; kernels round
 
     def prepare(
         self, chunks: list[ScheduledChunk]
@@ -59,7 +59,7 @@ class ModelRunner:
                 sample_rows.append(row + n - 1)
         pos = torch.tensor(positions, dtype=torch.long)
         num_prefill = len(ids) - len(decode_lens)
-        tables = mask = None
+        tables = mask = lens = None
         if decode_lens:
             width = max(len(t) for t in decode_tables)
             tables = torch.tensor(
@@ -67,13 +67,14 @@ class ModelRunner:
             )
             lens = torch.tensor(decode_lens, dtype=torch.long)
             mask = (torch.arange(width * bs).unsqueeze(0) < lens.unsqueeze(1))[:, None, None, :]
-            tables, mask = tables.to(self.device), mask.to(self.device)
+            tables, mask, lens = tables.to(self.device), mask.to(self.device), lens.to(self.device)
         meta = AttentionMetadata(
             slot_blocks=torch.tensor(slot_blocks, dtype=torch.long, device=self.device),
             slot_offsets=(pos % bs).to(self.device),
             prefills=prefills,
             num_prefill_tokens=num_prefill,
             decode_block_tables=tables,
+            decode_context_lens=lens,
             decode_mask=mask,
         )
         return (
@@ -87,9 +88,7 @@ class ModelRunner:
     def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' KV and return float32 logits for the rows that sample."""
         input_ids, positions, meta, rows = self.prepare(chunks)
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        hidden = self.model(input_ids, cos, sin, self.pool.layers, meta)
+        hidden = self.model(input_ids, (positions, self.cos, self.sin), self.pool.layers, meta)
         if not rows:
             return torch.empty(0, self.model.config.vocab_size)
         return self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()

@@ -1,0 +1,75 @@
+"""The compiled CPU kernels agree with the plain torch paths they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from services.engine import kernels
+from services.engine.attention import gather_blocks
+
+pytestmark = pytest.mark.skipif(kernels.cpu_ops() is None, reason="CPU kernels did not build")
+
+DTYPES = [torch.float32, torch.bfloat16]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norms_and_mlp_match_torch(dtype, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 576, generator=g).to(dtype)
+    res = torch.randn(37, 576, generator=g).to(dtype)
+    w = torch.randn(576, generator=g).to(dtype)
+    gu = torch.randn(37, 2 * 1536, generator=g).to(dtype)
+    got = (
+        kernels.rms_norm(x, w, 1e-5),
+        *kernels.add_rms_norm(x.clone(), res.clone(), w, 1e-5),
+        kernels.silu_and_mul(gu),
+    )
+    monkeypatch.setattr(kernels, "_ops_for", lambda t: None)
+    want = (
+        kernels.rms_norm(x, w, 1e-5),
+        *kernels.add_rms_norm(x.clone(), res.clone(), w, 1e-5),
+        kernels.silu_and_mul(gu),
+    )
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_matches_torch(dtype, monkeypatch):
+    from services.engine.rope import cos_sin_table
+
+    cos, sin = cos_sin_table(64, 100000.0, None, 512)
+    qkv = torch.randn(23, 15 * 64).to(dtype)
+    pos = torch.randint(0, 512, (23,))
+    a, b = qkv.clone(), qkv.clone()
+    kernels.rope_(a, 12, 64, pos, cos, sin)
+    monkeypatch.setattr(kernels, "_ops_for", lambda t: None)
+    kernels.rope_(b, 12, 64, pos, cos, sin)
+    torch.testing.assert_close(a.float(), b.float(), atol=TOL[dtype], rtol=TOL[dtype])
+    assert torch.equal(a[:, 12 * 64 :], qkv[:, 12 * 64 :]), "values must not be rotated"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype):
+    g = torch.Generator().manual_seed(1)
+    nb, hkv, layers, bs, d, hq = 40, 3, 2, 16, 64, 9
+    pool = torch.randn(nb, hkv, layers, 2, bs, d, generator=g).to(dtype)
+    k_cache, v_cache = pool[:, :, 1, 0], pool[:, :, 1, 1]  # strided views, as the engine uses
+    lens = torch.tensor([1, 16, 17, 90, 5])
+    width = int((lens.max() + bs - 1) // bs)
+    tables = torch.stack([torch.randperm(nb, generator=g)[:width] for _ in lens])
+    q = torch.randn(len(lens), hq, d, generator=g).to(dtype)
+    mask = (torch.arange(width * bs)[None] < lens[:, None])[:, None, None, :]
+    got = kernels.decode_attention(q, k_cache, v_cache, tables, lens, mask, d**-0.5)
+    want = F.scaled_dot_product_attention(
+        q.unsqueeze(2),
+        gather_blocks(k_cache, tables),
+        gather_blocks(v_cache, tables),
+        attn_mask=mask,
+        scale=d**-0.5,
+        enable_gqa=True,
+    ).squeeze(2)
+    torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
