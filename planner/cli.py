@@ -52,7 +52,9 @@ workloads: synthetic:in=MEAN,out=MEAN[,dist=lognormal|fixed][,cv=C][,in_cv=C][,o
 
 goodput: the highest request rate at which --attainment of requests meet the TTFT target
 (prefill) and the TPOT target (decode), from a discrete-event simulation of pdserve's engine;
-reported per GPU so deployments of different sizes compare.
+reported per GPU so deployments of different sizes compare. A disaggregated configuration's
+goodput per GPU mixes prefill and decode instances in the ideal ratio (high affinity) or in the
+per-node layout (low affinity); the replicas column is what fits the cluster or the --rate.
 """
 
 
@@ -164,11 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "characters / 4)")
     how.add_argument("--predict-at", type=_rates, metavar="R1,R2,...",
                      help="also simulate the best plan at these total rates (req/s)")
-    engine = parser.add_argument_group("engine (pdserve worker flags of the same names)")
-    engine.add_argument("--block-size", type=int, default=16)
-    engine.add_argument("--max-num-seqs", type=int, default=256)
-    engine.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    engine.add_argument("--gpu-memory-utilization", type=_share, default=0.9)
+    engine = parser.add_argument_group("engine (pdserve worker flags of the same names; "
+                                       "defaults are the engine's)")
+    engine.add_argument("--block-size", type=int, default=16, help="KV tokens per block")
+    engine.add_argument("--max-num-seqs", type=int, default=256,
+                        help="sequences in one step")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=4096,
+                        help="token budget of one step (chunked prefill)")
+    engine.add_argument("--gpu-memory-utilization", type=_share, default=0.9,
+                        help="share of device memory the engine may use")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="values.yaml",
                      help="write Helm values for helm/pdserve")
@@ -238,6 +244,9 @@ def run(args: argparse.Namespace, command: str) -> int:
         raise PlannerError("--num-requests must be at least 20")
     if args.workers < 1 or args.max_pp < 1 or (args.max_tp is not None and args.max_tp < 1):
         raise PlannerError("--workers, --max-pp and --max-tp must be at least 1")
+    if min(args.block_size, args.max_num_seqs, args.max_num_batched_tokens) < 1:
+        raise PlannerError("--block-size, --max-num-seqs and --max-num-batched-tokens must be "
+                           "at least 1")
     model = load_model(args.model, args.dtype)
     gpu = get_gpu(args.gpu)
     cluster = Cluster(gpu, args.nodes, args.gpus_per_node,

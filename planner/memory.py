@@ -21,7 +21,7 @@ class EngineLimits:
 
     block_size: int = 16  # --block-size: KV tokens per block
     max_num_seqs: int = 256  # --max-num-seqs: sequences in one batch
-    max_num_batched_tokens: int = 2048  # --max-num-batched-tokens: prefill token budget per step
+    max_num_batched_tokens: int = 4096  # --max-num-batched-tokens: token budget per step
     gpu_memory_utilization: float = 0.9  # share of device memory the engine may use
 
 
