@@ -75,10 +75,12 @@ def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
         f"(each for {slo.attainment:.0%} of requests).",
     ]
     target = f"the target {rate:g} req/s" if rate is not None else "the whole cluster"
-    lines.append(f"  {best.prefill.replicas} prefill + {best.decode.replicas} decode instances "
-                 f"({best.gpus} GPUs) for {target}: they serve up to {best.capacity:.3g} req/s "
-                 f"({best.capacity / best.gpus:.3g} per GPU; goodput/GPU above assumes the "
-                 "ideal prefill:decode ratio, which whole instances only approach).")
+    serves = (f"  {best.prefill.replicas} prefill + {best.decode.replicas} decode instances "
+              f"({best.gpus} GPUs) for {target}: they serve up to {best.capacity:.3g} req/s")
+    if best.affinity == "high":
+        serves += (f" ({best.capacity / best.gpus:.3g} per GPU; the goodput per GPU above "
+                   "mixes the roles in the ideal ratio, which whole instances only approach)")
+    lines.append(serves + ".")
     if best.predicted is not None:
         p = best.predicted
         lines.append(f"  Simulated end to end at {p.rate:.3g} req/s: {p.attainment:.1%} of "
