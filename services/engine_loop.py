@@ -6,10 +6,12 @@ steps and hands each step's outputs back with ``call_soon_threadsafe``, into one
 per request. When there is nothing to compute, the engine thread sleeps on the condition until
 a command arrives: no spinning, no polling.
 
-KV pulls (decode role) run on the event loop: the engine announces a ``KVFetch``, the loop runs
-the pull coroutine, then reports ``kv_arrived``. An abort that arrives while a pull is writing
-into the request's blocks cancels the pull first and frees the blocks only afterwards, so no
-byte lands in a block that another request already owns.
+KV hand-offs never race an abort over a block. Decode role: the engine announces a ``KVFetch``,
+the loop runs the pull coroutine, then reports ``kv_arrived``; an abort that arrives while a
+pull is writing into the request's blocks cancels the pull first and frees the blocks only
+afterwards. Prefill role: a finished prompt's blocks are leased on the loop in the same batch
+that delivers its output, and aborting a held request ends its lease (the lease then frees
+the blocks once no read is using them) instead of freeing blocks under a reader.
 
 If the engine thread crashes, every request in flight gets an ``EngineUnavailableError`` and
 every later call raises it at once: nothing hangs.
@@ -24,20 +26,26 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services.engine.engine import EngineStats, KVFetch, LLMEngine, RequestOutput, StepResult
-from services.engine.errors import EngineError
 from services.engine.sampling_params import SamplingParams
 from services.engine.sequence import FinishReason
+from services.worker_errors import EngineUnavailableError
 
 log = logging.getLogger("pdserve.engine_loop")
 
 PullKV = Callable[[KVFetch], Awaitable[bool]]
 
 
-class EngineUnavailableError(EngineError):
-    """The engine thread is not running: it crashed, or the worker is shutting down."""
+class HeldKV(Protocol):
+    """Prefill role: who takes care of a finished prompt's held blocks (a KV lease holder)."""
+
+    def grant(self, output: RequestOutput) -> None:
+        """Event loop: lease the blocks a PREFILL_DONE output holds (before the caller sees it)."""
+
+    def revoke(self, request_id: str) -> bool:
+        """Event loop: the held request was aborted: end its lease, which frees its blocks."""
 
 
 @dataclass
@@ -116,11 +124,13 @@ class EngineLoop:
         engine: LLMEngine,
         *,
         pull_kv: PullKV | None = None,
+        held_kv: HeldKV | None = None,
         on_step: Callable[[StepResult], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
     ):
         self.engine = engine
         self._pull_kv = pull_kv
+        self._held_kv = held_kv
         self._on_step = on_step
         self._on_crash = on_crash
         self._cond = threading.Condition()
@@ -308,6 +318,9 @@ class EngineLoop:
         elif isinstance(command, _Abort):
             if self._defer_abort_until_pull_stops(command.request_id):
                 aborted = True
+            elif self._held_kv is not None and command.request_id in engine.held:
+                self._post(self._held_kv.revoke, command.request_id)
+                aborted = True
             else:
                 aborted = engine.abort(command.request_id)
                 stream = self._streams.pop(command.request_id, None)
@@ -322,12 +335,12 @@ class EngineLoop:
 
     def _deliver(self, result: StepResult) -> None:
         for out in result.outputs:
-            stream = self._streams.get(out.request_id)
-            if stream is None:
-                continue
-            if out.finished:
-                del self._streams[out.request_id]
-            self._post(stream._put, out)
+            if out.finish_reason is FinishReason.PREFILL_DONE and self._held_kv is not None:
+                self._post(self._held_kv.grant, out)
+            stream = self._streams.pop(out.request_id, None) if out.finished else None
+            stream = stream or self._streams.get(out.request_id)
+            if stream is not None:
+                self._post(stream._put, out)
         for fetch in result.kv_fetches:
             if self._pull_kv is None:
                 self.engine.kv_arrived(fetch.request_id, False)
