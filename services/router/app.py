@@ -144,6 +144,7 @@ class Router:
             len(prepared.prompt_ids),
             prepared.logprobs,
             include_usage,
+            prepared.tokens_as_ids,
         )
         timer = RequestTimer(self.metrics, len(prepared.prompt_ids))
         lines = self.orchestrator.generate(renderer.id, prepared)

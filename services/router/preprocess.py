@@ -27,6 +27,7 @@ class PreparedRequest:
     sampling: Sampling
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # alternatives to report per token; None = no logprobs
+    tokens_as_ids: bool = False  # name tokens "token_id:<id>" in logprobs
 
 
 class Preprocessor:
@@ -177,4 +178,6 @@ class Preprocessor:
             ignore_eos=req.ignore_eos,
             logprobs=logprobs,
         )
-        return PreparedRequest(prompt_ids, sampling, [s for s in stop if s], logprobs)
+        return PreparedRequest(
+            prompt_ids, sampling, [s for s in stop if s], logprobs, req.return_tokens_as_token_ids
+        )

@@ -35,6 +35,7 @@ class SamplingFields(_Request):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM extension
     ignore_eos: bool = False  # vLLM extension, used by load generators
+    return_tokens_as_token_ids: bool = False  # vLLM extension: logprobs name "token_id:<id>"
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1)

@@ -39,6 +39,7 @@ class Renderer:
         num_prompt_tokens: int,
         logprobs: int | None,
         include_usage: bool = False,
+        tokens_as_ids: bool = False,
     ):
         self.tokenizer = tokenizer
         self.id = new_id(self.prefix)
@@ -48,6 +49,7 @@ class Renderer:
         self.num_output_tokens = 0
         self.want_logprobs = logprobs is not None
         self.include_usage = include_usage
+        self.tokens_as_ids = tokens_as_ids
         self.text = ""
         self.finish_reason: str | None = None
 
@@ -64,6 +66,8 @@ class Renderer:
         self.finish_reason = piece.finish_reason or self.finish_reason
 
     def token_text(self, token_id: int) -> str:
+        if self.tokens_as_ids:
+            return f"token_id:{token_id}"
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def usage_chunk(self) -> dict[str, Any] | None:

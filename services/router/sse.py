@@ -8,14 +8,14 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
-HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # proxies must pass each event on at once
-]
+HEADERS = {
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # proxies must pass each event on at once
+}
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-class SSEResponse:
+class SSEResponse(Response):
     """An ASGI response streaming `events`; stops (closing `events`) when the client leaves.
 
     Starlette's StreamingResponse notices a disconnect only on the next write under newer ASGI
@@ -69,9 +69,13 @@ class SSEResponse:
     ):
         self.events = events
         self.on_close = on_close  # called with True when the client went away
+        self.status_code = 200
+        self.media_type = "text/event-stream"
+        self.background = None
+        self.init_headers(HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(wait_disconnect(receive))
         gone = False
