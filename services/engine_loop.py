@@ -173,7 +173,10 @@ class EngineLoop:
     @property
     def alive(self) -> bool:
         """True while the engine thread runs and accepts requests."""
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        with self._cond:
+            if self._stopping or self._error is not None or self._thread is None:
+                return False
+        return self._thread.is_alive()
 
     @property
     def error(self) -> BaseException | None:
