@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from loadgen.connections import FreeListTransport
 from loadgen.metrics import RequestRecord
 from loadgen.workload import Request
 
@@ -23,6 +24,10 @@ PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 class EndpointError(ValueError):
     """The server URL or endpoint kind is unusable."""
+
+
+class MalformedStream(ValueError):
+    """The server sent something that is not an OpenAI-style event stream."""
 
 
 def base_url(url: str) -> str:
@@ -109,7 +114,7 @@ class StreamClient:
         self._http = httpx.AsyncClient(
             base_url=endpoint.base_url,
             headers=headers,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+            transport=FreeListTransport(),
             timeout=httpx.Timeout(None),
         )
         self._content = _content_of_chat if endpoint.kind == "chat" else _content_of_completion
@@ -150,7 +155,7 @@ class StreamClient:
             record.error = f"timed out after {self.endpoint.timeout:g} s"
         except httpx.HTTPError as exc:
             record.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        except (ValueError, TypeError, AttributeError) as exc:
+        except MalformedStream as exc:
             record.error = f"malformed stream from server: {exc}"
         return record
 
@@ -201,13 +206,20 @@ class _Stream:
         # Read on past [DONE] to the end of the body so the connection can be reused.
         if payload == b"[DONE]":
             return True
-        event = json.loads(payload)
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise MalformedStream(f"{payload[:80]!r} is not JSON") from exc
+        if not isinstance(event, dict):
+            raise MalformedStream(f"{payload[:80]!r} is not a JSON object")
         if "error" in event or event.get("object") == "error":
             self.error = "error in stream: " + error_message(payload)
             return False
         choices = event.get("choices")
-        if choices and self.content(choices[0]):
+        first = choices[0] if choices and isinstance(choices, list) else None
+        if isinstance(first, dict) and self.content(first):
             self.times.append(now)
-        if event.get("usage"):
-            self.usage = event["usage"]
+        usage = event.get("usage")
+        if usage and isinstance(usage, dict):
+            self.usage = usage
         return True

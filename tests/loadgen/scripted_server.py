@@ -39,7 +39,7 @@ SCRIPTS: dict[str, Script] = {
     "steady": Script(ttft=0.08, itl=0.025),
     "no-usage": Script(ttft=0.06, itl=0.02, usage=False),
     "two-per-chunk": Script(ttft=0.04, itl=0.02, tokens_per_chunk=2),
-    "late-done": Script(ttft=0.06, itl=0.02, done_delay=0.4),
+    "late-done": Script(ttft=0.06, itl=0.02, done_delay=0.25),
     "overloaded": Script(status=429),
     "broken-stream": Script(error_after=3),
     "strict": Script(rejects=("ignore_eos",)),
@@ -49,8 +49,9 @@ SCRIPTS: dict[str, Script] = {
     # does not feed on itself). At a constant rate r, 0.5 * r requests are in flight, so
     # requests keep a 0.05 s TTFT exactly while r < 6 / 0.5 = 12 req/s.
     "busy": Script(ttft=0.05, itl=0.05, busy_limit=6, busy_ttft=0.3),
-    # Of every four requests: on time, late first token, slow tokens, on time.
-    "mixed": Script(cycle=((0.05, 0.02), (0.25, 0.02), (0.05, 0.08), (0.05, 0.02))),
+    # Of every four requests: on time, late first token, slow tokens, on time. Late and slow
+    # are far off, so no delay of a busy machine can make them look on time.
+    "mixed": Script(cycle=((0.05, 0.02), (0.6, 0.02), (0.05, 0.15), (0.05, 0.02))),
 }
 
 

@@ -70,10 +70,10 @@ def test_impossible_settings_are_refused(kwargs: dict) -> None:
 
 async def test_goodput_matches_the_scripted_capacity(scripted_url: str) -> None:
     # busy: first tokens stay at 50 ms while at most 6 requests are in flight, each lasting
-    # 0.5 s, so at constant arrivals every request attains a 150 ms TTFT below 12 req/s and
-    # only the first six do above it. The goodput is 12 req/s.
-    requests = [Request(f"prompt {i}", 2, 10) for i in range(16)]
-    slo = SLO(ttft=0.150, tpot=0.100)
+    # 0.5 s, so at constant arrivals every request attains a 250 ms TTFT below 12 req/s and
+    # only the first six do above it (their first tokens take 300 ms). The goodput is 12 req/s.
+    requests = [Request(f"prompt {i}", 2, 10) for i in range(20)]
+    slo = SLO(ttft=0.250, tpot=0.200)
     async with StreamClient(Endpoint(scripted_url, "busy/search")) as client:
 
         async def run_at(rate: float) -> Summary:
