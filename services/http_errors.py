@@ -95,7 +95,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             detail = (error.get("ctx") or {}).get("error", "")
             return f"the request body is not valid JSON: {detail}".rstrip(": "), None
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        param = param or location or None
+        if not location:
+            return "the request body must be a JSON object (Content-Type: application/json)", None
+        param = param or location
         messages.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
     return "; ".join(messages) or "invalid request", param
 

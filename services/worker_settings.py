@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from services.engine.config import EngineConfig
+if TYPE_CHECKING:
+    from services.engine.config import EngineConfig
+
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 DEFAULT_MAX_QUEUED_REQUESTS = 128
@@ -43,6 +46,9 @@ class WorkerSettings:
         return self.served_model_name or self.model
 
     def engine_config(self) -> EngineConfig:
+        # Imported on use: it pulls in torch, which `--help` and flag errors should not wait for.
+        from services.engine.config import EngineConfig
+
         return EngineConfig(
             model=self.model,
             role=self.role,

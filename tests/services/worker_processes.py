@@ -99,6 +99,14 @@ class Worker:
         return self.proc.returncode
 
 
+def stop_all(*workers: Worker) -> list[int]:
+    """SIGTERM every worker at once, then wait for each; their exit codes."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    return [w.stop() for w in workers]
+
+
 def spawn_worker(
     role: str, worker_id: str, registry_url: str, log_dir: Path, *extra: str
 ) -> Worker:
