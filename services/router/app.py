@@ -3,6 +3,7 @@ here and nowhere else."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -107,14 +108,14 @@ class Router:
         try:
             self.api_keys.check(request.headers.get("authorization"))
             raw = await read_body(request, self.config.max_body_bytes)
+            body: CompletionRequest | ChatCompletionRequest
+            # Tokenizing a long prompt takes a while: off the event loop, streams keep flowing.
             if chat:
-                body: CompletionRequest | ChatCompletionRequest = parse_body(
-                    ChatCompletionRequest, raw
-                )
-                prepared = self.preprocessor.chat(body)
+                body = parse_body(ChatCompletionRequest, raw)
+                prepared = await asyncio.to_thread(self.preprocessor.chat, body)
             else:
                 body = parse_body(CompletionRequest, raw)
-                prepared = self.preprocessor.completion(body)
+                prepared = await asyncio.to_thread(self.preprocessor.completion, body)
             if self.in_flight >= self.config.max_queued_requests:
                 raise TooManyRequests(
                     f"this router is serving {self.in_flight} requests, its limit; retry shortly",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import uvicorn
 
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
-INTERNAL_TOKEN_ENV = "PDSERVE_INTERNAL_TOKEN"
 
 
 def _positive(kind: type) -> Callable[[str], float]:
@@ -118,14 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class QuietExitServer(uvicorn.Server):
+    """uvicorn's Server, minus re-raising SIGINT/SIGTERM after its graceful shutdown, so a
+    requested stop exits 0 like every other pdserve process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s router %(levelname)s %(message)s"
     )
-    import uvicorn
-
     from services.engine.errors import EngineError
+    from services.internal_auth import MissingTokenError, internal_token_from_env
     from services.registry import RegistryError, open_registry
     from services.router.api_keys import APIKeyError, APIKeys
     from services.router.app import Router, RouterConfig, create_app
@@ -146,22 +163,19 @@ def main(argv: list[str]) -> int:
     )
     try:
         api_keys = APIKeys.load(args.api_key, args.api_key_file)
+        internal_token = internal_token_from_env()
         registry = open_registry(args.registry)
         print(f"pdserve router: loading the tokenizer of {args.model}", file=sys.stderr)
-        router = Router(config, registry, api_keys, os.environ.get(INTERNAL_TOKEN_ENV) or None)
-    except (APIKeyError, RegistryError, EngineError) as e:
+        router = Router(config, registry, api_keys, internal_token)
+    except (APIKeyError, MissingTokenError, RegistryError, EngineError) as e:
         print(f"pdserve router: {e}", file=sys.stderr)
         return 2
-    if not os.environ.get(INTERNAL_TOKEN_ENV):
-        logging.getLogger("pdserve.router").warning(
-            "%s is not set: calls to workers carry no internal token", INTERNAL_TOKEN_ENV
-        )
     print(
         f"pdserve router: serving {config.name!r} on http://{args.host}:{args.port} "
         f"(registry {args.registry}, API keys {'on' if api_keys.enabled else 'off'})",
         file=sys.stderr,
     )
-    server = uvicorn.Server(
+    server = QuietExitServer(
         uvicorn.Config(
             create_app(router),
             host=args.host,

@@ -22,7 +22,7 @@ from services.router.preprocess import PreparedRequest
 from services.router.worker_client import (
     PrefillResult,
     StreamLine,
-    WorkerBroken,
+    WorkerAuthFailed,
     WorkerBusy,
     WorkerCallError,
     WorkerClient,
@@ -135,9 +135,10 @@ class Orchestrator:
                 holds[prefill_worker.url] = request_id
             tried: set[str] = set()
             busy: set[str] = set()
+            last_error: WorkerCallError | None = None
             attempt = 0
             while True:
-                worker = await self._pick_patiently("decode", tried, busy, req, output)
+                worker = await self._pick_patiently("decode", tried, busy, req, output, last_error)
                 decode_id = request_id if attempt == 0 else f"{request_id}-{attempt}"
                 holds[worker.url] = decode_id
                 lines = self.client.decode(
@@ -157,6 +158,7 @@ class Orchestrator:
                 except WorkerCallError as e:
                     (busy if isinstance(e, WorkerBusy) else tried).add(worker.worker_id)
                     self._failed(worker, e)
+                    last_error = e
                     if isinstance(e, WorkerUnreachable) and kv is not None:
                         # The pull may have been under way; recompute instead of guessing.
                         kv = None
@@ -178,8 +180,9 @@ class Orchestrator:
         self, request_id: str, req: PreparedRequest, holds: dict[str, str]
     ) -> tuple[WorkerRecord, PrefillResult]:
         tried: set[str] = set()
+        last_error: WorkerCallError | None = None
         while True:
-            worker = await self._pick("prefill", tried, len(req.prompt_ids), [])
+            worker = await self._pick("prefill", tried, len(req.prompt_ids), [], last_error)
             tried.add(worker.worker_id)
             holds[worker.url] = request_id
             try:
@@ -188,6 +191,7 @@ class Orchestrator:
                 )
             except WorkerCallError as e:
                 self._failed(worker, e)
+                last_error = e
                 if isinstance(e, WorkerUnreachable):
                     self._abort_later(holds, worker.url)  # it may still be computing
                 else:
@@ -207,13 +211,18 @@ class Orchestrator:
         output: list[int] = []
         tried: set[str] = set()
         busy: set[str] = set()
+        last_error: WorkerCallError | None = None
         attempt = 0
         try:
             while True:
                 if output:
-                    worker = await self._pick_patiently("both", tried, busy, req, output)
+                    worker = await self._pick_patiently(
+                        "both", tried, busy, req, output, last_error
+                    )
                 else:
-                    worker = await self._pick("both", tried | busy, len(req.prompt_ids), output)
+                    worker = await self._pick(
+                        "both", tried | busy, len(req.prompt_ids), output, last_error
+                    )
                 run_id = request_id if attempt == 0 else f"{request_id}-{attempt}"
                 holds[worker.url] = run_id
                 # A continuation treats the tokens so far as prompt: same context, same
@@ -232,6 +241,7 @@ class Orchestrator:
                 except WorkerCallError as e:
                     (busy if isinstance(e, WorkerBusy) else tried).add(worker.worker_id)
                     self._failed(worker, e)
+                    last_error = e
                     self._abort_later(holds, worker.url)
                     reason = self._already_finished(output, req)
                     if reason is not None:
@@ -248,21 +258,33 @@ class Orchestrator:
     # ---- shared ------------------------------------------------------------------------
 
     async def _pick(
-        self, role: str, tried: set[str], num_prompt_tokens: int, output: list[int]
+        self,
+        role: str,
+        tried: set[str],
+        num_prompt_tokens: int,
+        output: list[int],
+        last_error: WorkerCallError | None = None,
     ) -> WorkerRecord:
         worker = self.picker.pick(await self._workers(), role, exclude=tried)
         if worker is None:
             what = "could take" if not tried else "is left to take"
-            raise NoWorkerAvailable(
-                f"no live {role} worker {what} the request"
-                + (f" after {len(output)} tokens" if output else ""),
-                retry_after=RETRY_AFTER_SECONDS,
-            )
+            message = f"no live {role} worker {what} the request"
+            if output:
+                message += f" after {len(output)} tokens"
+            if last_error is not None:
+                message += f"; last failure: {last_error}"
+            raise NoWorkerAvailable(message, retry_after=RETRY_AFTER_SECONDS)
         self.picker.sent(worker, num_prompt_tokens + len(output))
         return worker
 
     async def _pick_patiently(
-        self, role: str, tried: set[str], busy: set[str], req: PreparedRequest, output: list[int]
+        self,
+        role: str,
+        tried: set[str],
+        busy: set[str],
+        req: PreparedRequest,
+        output: list[int],
+        last_error: WorkerCallError | None,
     ) -> WorkerRecord:
         """Like `_pick`, but once tokens have been streamed, wait out workers that are only
         busy (429/503) rather than fail a request the client already sees running."""
@@ -270,7 +292,7 @@ class Orchestrator:
         delay = BUSY_BACKOFF_SECONDS
         while True:
             try:
-                return await self._pick(role, tried | busy, len(req.prompt_ids), output)
+                return await self._pick(role, tried | busy, len(req.prompt_ids), output, last_error)
             except NoWorkerAvailable:
                 if not busy or time.monotonic() + delay > deadline:
                     raise
@@ -281,7 +303,7 @@ class Orchestrator:
     def _failed(self, worker: WorkerRecord, error: WorkerCallError) -> None:
         if isinstance(error, WorkerRejected):
             raise InvalidRequest(error.message) from error
-        if isinstance(error, WorkerBroken) and "internal token" in error.message:
+        if isinstance(error, WorkerAuthFailed):
             raise WorkerFailed(str(error)) from error
         if not isinstance(error, WorkerBusy):
             self.picker.failed(worker)

@@ -1,7 +1,7 @@
 """The router's side of the private worker HTTP API: prefill, decode and generate streams, abort.
 
 Every call carries the internal token and a timeout; a failure comes back as a typed
-`WorkerCallError` saying whether another worker may be tried.
+`WorkerCallError` whose class says whether another worker may be tried.
 """
 
 from __future__ import annotations
@@ -66,9 +66,7 @@ class StreamLine:
 
 
 class WorkerCallError(Exception):
-    """A call to a worker failed. `retryable`: another worker may succeed where this one did not."""
-
-    retryable = True
+    """A call to a worker failed; the subclass says whether another worker could do better."""
 
     def __init__(self, url: str, message: str):
         super().__init__(f"worker {url}: {message}")
@@ -87,8 +85,6 @@ class WorkerBusy(WorkerCallError):
 class WorkerRejected(WorkerCallError):
     """The worker refused the request itself (4xx): another worker would refuse it too."""
 
-    retryable = False
-
     def __init__(self, url: str, message: str, status: int):
         super().__init__(url, message)
         self.status = status
@@ -96,6 +92,10 @@ class WorkerRejected(WorkerCallError):
 
 class WorkerBroken(WorkerCallError):
     """The worker answered 5xx or something that does not follow the internal API."""
+
+
+class WorkerAuthFailed(WorkerCallError):
+    """The worker refused the internal token: a deployment error every worker would repeat."""
 
 
 @dataclass(frozen=True)
@@ -230,11 +230,15 @@ def _status_error(url: str, status: int, content: bytes) -> WorkerCallError:
     if status in (429, 503):
         return WorkerBusy(url, f"busy ({status}): {message}")
     if status == 401:
-        return WorkerBroken(
+        return WorkerAuthFailed(
             url,
             "rejected the internal token; give the router and every worker the same "
             "PDSERVE_INTERNAL_TOKEN",
         )
+    if status == 409:
+        # The worker aborted the request itself (shutting down, engine restart): not the
+        # request's fault, so another worker may serve it.
+        return WorkerBroken(url, f"aborted the request: {message}")
     if 400 <= status < 500:
         return WorkerRejected(url, message, status)
     return WorkerBroken(url, f"answered {status}: {message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import httpx
@@ -135,15 +136,19 @@ def test_api_keys_come_from_flag_file_and_environment(tmp_path, monkeypatch):
         APIKeys.load(key_file=str(tmp_path / "empty"))
 
 
-def test_router_cli_rejects_bad_input_in_one_line(tmp_path):
+def test_router_cli_rejects_bad_input_in_one_line(tmp_path, monkeypatch):
     async def run(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            ".venv/bin/python", "-m", "services.cli", "router", *args,
+            sys.executable, "-m", "services.cli", "router", *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         _, err = await proc.communicate()
         return proc.returncode or 0, err.decode()
 
+    monkeypatch.delenv("PDSERVE_INTERNAL_TOKEN", raising=False)
+    code, err = asyncio.run(run())
+    assert code == 2 and "PDSERVE_INTERNAL_TOKEN is not set" in err and "Traceback" not in err
+    monkeypatch.setenv("PDSERVE_INTERNAL_TOKEN", "some-token")
     code, err = asyncio.run(run("--max-queued-requests", "0"))
     assert code == 2 and "must be positive" in err
     code, err = asyncio.run(run("--registry", "memcached://x"))

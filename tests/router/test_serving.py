@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import openai
 import pytest
+from cluster import INTERNAL_TOKEN
+from router_server import free_port
 
 from services.engine.sampling_params import SamplingParams
 
@@ -266,3 +272,36 @@ def _counter(router, name: str) -> float:
     text = httpx.get(router.url + "/metrics").text
     line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
     return float(line.split()[-1])
+
+
+def test_pdserve_router_command_serves_and_stops_cleanly(redis_url, base_workers, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {"PDSERVE_INTERNAL_TOKEN": INTERNAL_TOKEN, "PDSERVE_API_KEYS": ""}
+    command = [
+        sys.executable, "-m", "services.cli", "router", "--host", "127.0.0.1",
+        "--port", str(port), "--registry", redis_url, "--api-key", "sk-cli",
+    ]  # fmt: skip
+    log = (tmp_path / "router.log").open("wb")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "router.log").read_text()
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass  # still loading the tokenizer
+            assert time.monotonic() < deadline, "the router never became healthy"
+            time.sleep(0.2)
+        body = {"model": "smollm2", "prompt": "Hello", "max_tokens": 3}
+        assert httpx.post(url + "/v1/completions", json=body).status_code == 401
+        ok = httpx.post(
+            url + "/v1/completions", json=body, headers={"Authorization": "Bearer sk-cli"}
+        )
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log.close()
