@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from loadgen.connections import FreeListTransport
+from loadgen.connections import StreamingTransport
 from loadgen.metrics import RequestRecord
 from loadgen.workload import Request
 
@@ -108,13 +108,16 @@ class StreamClient:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        # Uncompressed: an event stream gains nothing from it and decoding costs every token.
+        headers = {"Accept-Encoding": "identity"}
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
         # No pool limits and no httpx timeouts: concurrency is the caller's decision and the
         # request-wide deadline below is the only timeout that matches what a user means.
         self._http = httpx.AsyncClient(
             base_url=endpoint.base_url,
             headers=headers,
-            transport=FreeListTransport(),
+            transport=StreamingTransport(),
             timeout=httpx.Timeout(None),
         )
         self._content = _content_of_chat if endpoint.kind == "chat" else _content_of_completion
