@@ -16,19 +16,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.engine.checkpoint import resolve
 from services.engine.tokenizer import Tokenizer
 from services.registry import Registry
+from services.router.admission import Admission
 from services.router.api_keys import APIKeys
 from services.router.errors import (
+    RETRY_AFTER_SECONDS,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     NoWorkerAvailable,
     RouterError,
-    TooManyRequests,
 )
-from services.router.orchestrator import RETRY_AFTER_SECONDS, Orchestrator
+from services.router.orchestrator import Orchestrator
 from services.router.output_text import OutputText, Piece, pieces
 from services.router.picker import Picker
-from services.router.preprocess import Preprocessor
+from services.router.preprocess import PreparedRequest, Preprocessor
 from services.router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -94,7 +95,7 @@ class Router:
             set(model_config.eos_token_ids) | set(self.tokenizer.eos_token_ids),
         )
         self.metrics = RouterMetrics()
-        self.in_flight = 0
+        self.admission = Admission(config.max_queued_requests)
 
     async def close(self) -> None:
         await self.orchestrator.drain()
@@ -108,35 +109,45 @@ class Router:
         try:
             self.api_keys.check(request.headers.get("authorization"))
             raw = await read_body(request, self.config.max_body_bytes)
-            body: CompletionRequest | ChatCompletionRequest
-            # Tokenizing a long prompt takes a while: off the event loop, streams keep flowing.
-            if chat:
-                body = parse_body(ChatCompletionRequest, raw)
-                prepared = await asyncio.to_thread(self.preprocessor.chat, body)
-            else:
-                body = parse_body(CompletionRequest, raw)
-                prepared = await asyncio.to_thread(self.preprocessor.completion, body)
-            if self.in_flight >= self.config.max_queued_requests:
-                raise TooManyRequests(
-                    f"this router is serving {self.in_flight} requests, its limit; retry shortly",
-                    retry_after=RETRY_AFTER_SECONDS,
-                )
+            release = self.admission.enter()
         except RouterError as e:
             self.metrics.rejected()
             return e.response()
         except ClientGone:
             self.metrics.requests.labels("aborted").inc()
             return Response(status_code=CLIENT_CLOSED)
+        streaming = False
+        try:
+            try:
+                body, prepared = await self._prepare(raw, chat)
+            except RouterError as e:
+                self.metrics.rejected()
+                return e.response()
+            response = await self._generate(request, chat, body, prepared, release)
+            streaming = isinstance(response, SSEResponse)
+            return response
+        finally:
+            if not streaming:
+                release()
 
-        self.in_flight += 1
-        released = False
+    async def _prepare(
+        self, raw: bytes, chat: bool
+    ) -> tuple[CompletionRequest | ChatCompletionRequest, PreparedRequest]:
+        # Tokenizing a long prompt takes a while: off the event loop, streams keep flowing.
+        if chat:
+            chat_body = parse_body(ChatCompletionRequest, raw)
+            return chat_body, await asyncio.to_thread(self.preprocessor.chat, chat_body)
+        body = parse_body(CompletionRequest, raw)
+        return body, await asyncio.to_thread(self.preprocessor.completion, body)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.in_flight -= 1
-
+    async def _generate(
+        self,
+        request: Request,
+        chat: bool,
+        body: CompletionRequest | ChatCompletionRequest,
+        prepared: PreparedRequest,
+        release: Callable[[], None],
+    ) -> Response:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         renderer_type = ChatRenderer if chat else CompletionRenderer
         renderer = renderer_type(
@@ -179,7 +190,6 @@ class Router:
         finally:
             if not streaming:
                 await stream.aclose()
-                release()
 
     async def _collect(self, stream: AsyncIterator[Piece], renderer: Renderer) -> None:
         async for piece in stream:

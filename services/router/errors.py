@@ -6,6 +6,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+# What 429 and 503 answers tell clients to wait: about one registry heartbeat, enough for a
+# restarted worker to register or a busy one to report room again.
+RETRY_AFTER_SECONDS = 1
+
 
 class RouterError(Exception):
     """Base of every error the router answers with; subclasses fix status and type."""

@@ -16,7 +16,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from services.registry import Registry, RegistryError, WorkerRecord
-from services.router.errors import InvalidRequest, NoWorkerAvailable, WorkerFailed
+from services.router.errors import (
+    RETRY_AFTER_SECONDS,
+    InvalidRequest,
+    NoWorkerAvailable,
+    WorkerFailed,
+)
 from services.router.picker import Picker
 from services.router.preprocess import PreparedRequest
 from services.router.worker_client import (
@@ -32,7 +37,6 @@ from services.router.worker_client import (
 
 log = logging.getLogger("pdserve.router")
 
-RETRY_AFTER_SECONDS = 1  # about one heartbeat: enough for a restarted worker to register
 BUSY_BACKOFF_SECONDS = 0.05  # first wait before asking busy workers again (doubles up to 1 s)
 
 

@@ -250,7 +250,7 @@ async def test_a_full_router_answers_429_with_retry_after(redis_router, base_wor
             assert busy.json()["error"]["type"] == "rate_limit_error"
         # Once the first request is gone, the router takes requests again.
         deadline = time.monotonic() + 30
-        while small.router.in_flight:
+        while small.router.admission.in_flight:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)  # the abort of the first request is on its way
         ok = await http.post(
