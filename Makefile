@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 run: $(STAMP)
-	$(BIN)/pdserve generate --model smollm2 --chat --prompt "What is the capital of France?"
+	$(BIN)/pdserve up --model smollm2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
