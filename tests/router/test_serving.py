@@ -138,18 +138,30 @@ async def test_sixteen_concurrent_greedy_requests_match_the_offline_engine(clien
         assert got[i] == expected[i], f"prompt {i} ({len(prompts[i].split())} words)"
 
 
-async def test_stop_string_cuts_the_text_and_reports_stop(client, offline):
+async def test_stop_string_cuts_the_text_and_aborts_the_decode(
+    client, offline, cluster, base_workers
+):
     prompt = "The capital of France is Paris. The capital of Germany is"
-    reference = offline.generate([prompt], SamplingParams(max_tokens=24, temperature=0))[0]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    reference = offline.generate([prompt], params)[0]
     words = reference.text.split()
     assert len(words) >= 4, reference.text
     stop = words[2]
     response = await client.completions.create(
-        model="smollm2", prompt=prompt, temperature=0, max_tokens=24, stop=[stop]
+        model="smollm2",
+        prompt=prompt,
+        temperature=0,
+        max_tokens=4000,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
     )
     choice = response.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.text == reference.text[: reference.text.index(stop)]
+    # Nothing but the stop string could end a 4000-token request this early: the router
+    # aborted it on the decode worker, which holds no blocks any more.
+    assert response.usage.completion_tokens < 24
+    await wait_idle(cluster, base_workers, since=time.time())
 
 
 async def test_one_token_requests_end_at_prefill(client):
@@ -198,38 +210,41 @@ async def test_seeded_sampling_repeats(client):
     assert await sample() == await sample()
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "whole"])
 async def test_client_disconnect_aborts_and_frees_blocks_on_both_sides(
-    router, cluster, base_workers
+    router, cluster, base_workers, stream
 ):
-    prefill, decode = base_workers
+    _, decode = base_workers
     body = {
         "model": "smollm2",
         "prompt": PASSAGE * 3,
         "max_tokens": 2000,
         "ignore_eos": True,
-        "stream": True,
+        "stream": stream,
     }
     aborted_before = _counter(router, 'pdserve:requests_total{outcome="aborted"}')
-    async with (
-        httpx.AsyncClient(timeout=60) as http,
-        http.stream("POST", router.url + "/v1/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        events = 0
-        async for line in response.aiter_lines():
-            events += line.startswith("data: ")
-            if events == 3:
-                break
+    async with httpx.AsyncClient(timeout=60) as http:
+        if stream:
+            async with http.stream("POST", router.url + "/v1/completions", json=body) as response:
+                assert response.status_code == 200
+                events = 0
+                async for line in response.aiter_lines():
+                    events += line.startswith("data: ")
+                    if events == 3:
+                        break
+        else:
+            waiting = asyncio.create_task(http.post(router.url + "/v1/completions", json=body))
+            deadline = time.monotonic() + 60
+            while _gauge(decode, "pdserve:num_requests_running") < 1:
+                assert time.monotonic() < deadline and not waiting.done()
+                await asyncio.sleep(0.05)  # polling the decode worker's gauge
+            waiting.cancel()  # the client gives up: its connection closes
     # The decode worker was holding the request's blocks; both sides must return to idle.
-    deadline = time.monotonic() + 30
-    while True:
-        loads = [await cluster.load_of(w) for w in (prefill, decode)]
-        if all(r is not None and r.load.free_blocks == r.load.total_blocks for r in loads):
-            break
-        assert time.monotonic() < deadline, f"blocks still held: {loads}"
-        await asyncio.sleep(0.2)  # load reports come once a second
-    assert loads[1].load.num_running == 0
-    assert _counter(router, 'pdserve:requests_total{outcome="aborted"}') == aborted_before + 1
+    await wait_idle(cluster, base_workers, since=time.time())
+    deadline = time.monotonic() + 10
+    while _counter(router, 'pdserve:requests_total{outcome="aborted"}') != aborted_before + 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)  # the router notices the disconnect on its own loop
 
 
 async def test_a_full_router_answers_429_with_retry_after(redis_router, base_workers):
@@ -266,6 +281,29 @@ async def test_metrics_follow_the_requests(router):
     assert _counter(router, "pdserve:time_to_first_token_seconds_count") >= 10
     assert _counter(router, "pdserve:generation_tokens_total") > 100
     assert "pdserve:time_per_output_token_seconds_count" in text
+
+
+async def wait_idle(cluster, workers, since: float) -> None:
+    """Wait for load reports written after `since` that show no request and no used block."""
+    deadline = time.monotonic() + 30
+    while True:
+        records = [await cluster.load_of(w) for w in workers]
+        if all(
+            r is not None
+            and r.updated_at > since
+            and r.load.free_blocks == r.load.total_blocks
+            and r.load.num_running == 0
+            for r in records
+        ):
+            return
+        assert time.monotonic() < deadline, f"blocks still held: {records}"
+        await asyncio.sleep(0.2)  # load reports come once a second
+
+
+def _gauge(worker, name: str) -> float:
+    text = httpx.get(worker.url + "/metrics", timeout=5).text
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + "{"))
+    return float(line.split()[-1])
 
 
 def _counter(router, name: str) -> float:
