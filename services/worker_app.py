@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvtransfer import InvalidParams, KVTransferParams
 from services.client_disconnect import NDJSONResponse, next_or_disconnect
+from services.engine.errors import EngineError
 from services.engine.sequence import FinishReason
 from services.engine_loop import RequestStream
 from services.http_errors import ApiError, api_error_from, install_error_handlers
@@ -32,7 +33,6 @@ from services.internal_api import (
 )
 from services.internal_auth import InternalAuthMiddleware
 from services.prefill.kv_leases import LeaseGrantError
-from services.worker_errors import EngineUnavailableError
 from services.worker_runtime import READY, WorkerRuntime
 
 # nginx's "client closed request": nobody reads this answer, but the access log says why.
@@ -173,9 +173,7 @@ async def token_lines(
         async for out in stream:
             line: dict[str, Any] = {
                 "token_ids": out.new_token_ids,
-                "logprobs": None
-                if logprobs is None
-                else [logprob_json(lp) for lp in out.logprobs],
+                "logprobs": None if logprobs is None else [logprob_json(lp) for lp in out.logprobs],
                 "finish_reason": None,
             }
             if out.finished:
@@ -183,8 +181,8 @@ async def token_lines(
                 line["finish_reason"] = out.finish_reason.value if out.finish_reason else None
                 line["kv"] = kv_outcome(rid) if kv_outcome else "recomputed"
             yield line
-    except EngineUnavailableError as exc:
-        ended = True
+    except EngineError as exc:
+        ended = True  # the engine already dropped the request
         yield api_error_from(exc).body()
     finally:
         if not ended:

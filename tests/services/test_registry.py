@@ -36,8 +36,9 @@ def record(worker_id: str, role: str = "prefill", free_blocks: int = 10) -> Work
         tp_size=1,
         kv_backend="tcp",
         started_at=now,
-        load=WorkerLoad(queued_prefill_tokens=5, num_running=1, free_blocks=free_blocks,
-                        total_blocks=20),  # fmt: skip
+        load=WorkerLoad(
+            queued_prefill_tokens=5, num_running=1, free_blocks=free_blocks, total_blocks=20
+        ),  # fmt: skip
         updated_at=now,
     )
 

@@ -37,6 +37,11 @@ from services.registry import EmbeddedRedis
 
 LEASE_SECONDS = 4  # prefill workers here free unpulled KV after this long
 POOL_TOKENS = 72 * 16  # --kv-cache-memory 0.05 GiB of float32 SmolLM2 blocks
+CONTRACT_METRICS = (
+    "num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
+    "queued_prefill_tokens", "num_preemptions_total", "kv_transfer_bytes_total",
+    "kv_transfer_seconds_total", "kv_transfer_failures_total", "kv_leases_active",
+)  # fmt: skip
 
 
 @dataclass
@@ -149,9 +154,13 @@ def test_prefill_then_decode_equals_offline_greedy(
         assert [first["token_id"], *tokens_of(lines)] == want
         assert lines[-1]["finish_reason"] == "length" and lines[-1]["kv"] == "pulled"
         assert all(line["finish_reason"] is None for line in lines[:-1])
-    # The KV really moved: the decode side counted the bytes it pulled.
+    # The KV really moved: both sides counted the bytes.
     assert pair.decode.metric("kv_transfer_bytes_total") > 0
     assert pair.prefill.metric("kv_transfer_bytes_total") > 0
+    exposition = httpx.get(f"{pair.decode.url}/metrics").text
+    for name in CONTRACT_METRICS:
+        assert f'pdserve:{name}{{role="decode"' in exposition, name
+    assert 'pdserve:step_seconds_count{phase="decode",role="decode"}' in exposition
     wait_until(lambda: kv_idle(pair.prefill) and kv_idle(pair.decode), "KV usage back to zero")
 
 
@@ -359,32 +368,38 @@ def test_sigterm_leaves_the_registry_at_once_and_exits_zero(
 
 
 def test_a_worker_that_cannot_start_exits_with_its_error(redis_server: EmbeddedRedis) -> None:
-    def run(args: list[str], token: str | None = TOKEN) -> subprocess.CompletedProcess:
+    def launch(args: list[str], token: str | None = TOKEN) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if k != "PDSERVE_INTERNAL_TOKEN"}
         if token:
             env["PDSERVE_INTERNAL_TOKEN"] = token
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
     base = ["--host", "127.0.0.1", "--port", "0", "--registry", redis_server.url]
-    missing = run(["prefill", *base, "--model", "/no/such/model"])
-    assert missing.returncode == 1
-    assert "pdserve prefill: error:" in missing.stderr and "/no/such/model" in missing.stderr
-    assert "Traceback" not in missing.stderr
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = run(["decode", "--host", "127.0.0.1", "--port", str(port)])
-    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+        runs = {
+            "missing model": launch(["prefill", *base, "--model", "/no/such/model"]),
+            "busy port": launch(["decode", "--host", "127.0.0.1", "--port", str(port)]),
+            "no token": launch(["worker", "--role", "both", *base], token=None),
+            "tp": launch(["worker", "--role", "decode", "--tensor-parallel-size", "2", *base]),
+        }
+        stderrs = {name: p.communicate(timeout=120)[1] for name, p in runs.items()}
+        results = {name: (runs[name].returncode, err) for name, err in stderrs.items()}
 
-    no_token = run(["worker", "--role", "both", *base], token=None)
-    assert no_token.returncode == 2 and "PDSERVE_INTERNAL_TOKEN" in no_token.stderr
-    tp = run(["worker", "--role", "decode", "--tensor-parallel-size", "2", *base])
-    assert tp.returncode == 2 and "--tensor-parallel-size 2 is not supported" in tp.stderr
+    code, stderr = results["missing model"]
+    assert code == 1 and "pdserve prefill: error:" in stderr and "/no/such/model" in stderr
+    assert "Traceback" not in stderr
+    code, stderr = results["busy port"]
+    assert code == 1 and f"cannot listen on 127.0.0.1:{port}" in stderr
+    code, stderr = results["no token"]
+    assert code == 2 and "PDSERVE_INTERNAL_TOKEN" in stderr
+    code, stderr = results["tp"]
+    assert code == 2 and "--tensor-parallel-size 2 is not supported" in stderr
 
 
 # ---- last per backend: the prefill worker dies -----------------------------------------------
