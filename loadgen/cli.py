@@ -18,7 +18,14 @@ from loadgen.goodput import SearchError, SearchSettings, search
 from loadgen.metrics import SLO, Summary, summarize
 from loadgen.preflight import Checked, PreflightError, check
 from loadgen.report import goodput_table, point_line, run_table
-from loadgen.result import GoodputResult, ResultError, RunConfig, RunResult, write_result
+from loadgen.result import (
+    GoodputResult,
+    ResultError,
+    RunConfig,
+    RunResult,
+    read_result,
+    write_result,
+)
 from loadgen.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from loadgen.workload import (
     DEFAULT_VOCAB_SIZE,
@@ -257,7 +264,8 @@ def _parser() -> _Parser:
     plot = sub.add_parser(
         "plot", help="draw PNG plots of result files",
         formatter_class=raw,
-        description="Latency CDFs of run results (several overlay); SLO attainment against\n"
+        description="Latency CDFs of run results (several overlay; results of\n"
+        "`vllm bench serve --save-result --save-detailed` too); SLO attainment against\n"
         "request rate of goodput results, or of several runs at different rates.",
         epilog="example:\n  pdserve bench plot vllm.json pdserve.json --out-dir plots",
     )
@@ -436,8 +444,8 @@ async def _goodput(
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    # matplotlib takes a second to import; only plotting needs it.
     from loadgen.plots import plot_results
-    from loadgen.result import read_result
 
     named = []
     for path in args.results:

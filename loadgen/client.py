@@ -172,10 +172,11 @@ class StreamClient:
             lines = (pending + data).split(b"\n")
             pending = lines.pop()
             for line in lines:
-                if not stream.feed(line, now):
+                # Blank lines end events and others (event:, id:, comments) carry nothing here.
+                if line.startswith(b"data:") and not stream.feed(line[5:], now):
                     record.error = stream.error
                     return
-        if pending and not stream.feed(pending, perf_counter()):
+        if pending.startswith(b"data:") and not stream.feed(pending[5:], perf_counter()):
             record.error = stream.error
             return
         times = stream.times
@@ -201,16 +202,15 @@ class _Stream:
         self.usage: dict[str, Any] | None = None
         self.error = ""
 
-    def feed(self, line: bytes, now: float) -> bool:
-        """Take one line that arrived at `now`; False when the server reported an error."""
-        if not line.startswith(b"data:"):
-            return True
-        payload = line[5:].strip()
+    def feed(self, data: bytes, now: float) -> bool:
+        """Take the data of one `data:` line that arrived at `now`; False when the server
+        reported an error."""
+        payload = data.strip()
         # Read on past [DONE] to the end of the body so the connection can be reused.
         if payload == b"[DONE]":
             return True
         try:
-            event = json.loads(payload)
+            event = json.loads(payload.decode())
         except ValueError as exc:
             raise MalformedStream(f"{payload[:80]!r} is not JSON") from exc
         if not isinstance(event, dict):

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loadgen.metrics import SLO, RequestRecord, Summary
+from loadgen.metrics import SLO, RequestRecord, Summary, summarize
 
 
 class ResultError(Exception):
@@ -174,6 +174,39 @@ class GoodputResult:
         )
 
 
+def from_vllm(data: dict[str, Any]) -> RunResult:
+    """A result of `vllm bench serve --save-result --save-detailed` (per-request arrays
+    `ttfts`, `itls`, `input_lens`, `output_lens`, `errors`) as a run, to plot beside ours."""
+    ttfts = data["ttfts"]
+    errors = data.get("errors") or [""] * len(ttfts)
+    e2els = data.get("e2els") or [None] * len(ttfts)
+    records = []
+    rows = zip(ttfts, data["itls"], data["input_lens"], data["output_lens"], errors, e2els,
+               strict=True)
+    for ttft, itl, n_in, n_out, error, e2el in rows:
+        ok = not error
+        latency = e2el if e2el is not None else ttft + sum(itl)
+        records.append(RequestRecord(
+            send_time=0.0, prompt_len=n_in, output_len=n_out, requested_output_len=n_out,
+            ttft=ttft if ok else None, itl=list(itl) if ok else [],
+            latency=latency if ok else None, success=ok, error=error or "",
+        ))
+    config = RunConfig(
+        base_url=data.get("base_url") or "",
+        model_id=data.get("model_id") or "",
+        endpoint="chat" if data.get("backend") == "openai-chat" else "completions",
+        dataset=data.get("dataset_name") or "",
+        num_prompts=data.get("num_prompts") or len(records),
+        seed=data.get("seed") or 0,
+        request_rate=_from_number(data.get("request_rate")),
+        max_concurrency=data.get("max_concurrency"),
+        tokenizer_id=data.get("tokenizer_id") or "",
+        label=data.get("label") or "vllm",
+        date=data.get("date") or "",
+    )
+    return RunResult(config, summarize(records, data["duration"], SLO()), records)
+
+
 def write_result(result: RunResult | GoodputResult, path: Path) -> None:
     """Write `result` as JSON (strict: no NaN or infinity)."""
     try:
@@ -184,7 +217,8 @@ def write_result(result: RunResult | GoodputResult, path: Path) -> None:
 
 
 def read_result(path: Path) -> RunResult | GoodputResult:
-    """A run or goodput result written by `write_result` (told apart by `points`)."""
+    """A run or goodput result written by `write_result` (told apart by `points`), or a
+    detailed result of `vllm bench serve`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -194,6 +228,8 @@ def read_result(path: Path) -> RunResult | GoodputResult:
     try:
         if "points" in data:
             return GoodputResult.from_dict(data)
+        if "completed" in data and "requests" not in data and "ttfts" in data:
+            return from_vllm(data)
         if "completed" in data:
             return RunResult.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

@@ -81,11 +81,14 @@ async def test_goodput_matches_the_scripted_capacity(scripted_url: str) -> None:
             records, duration = await run(client, requests, times=times, progress=False)
             return summarize(records, duration, slo)
 
-        outcome = await search(run_at, SearchSettings(target=0.9, start_rate=8.0))
-    assert outcome.goodput == pytest.approx(12.0, rel=0.06)
+        # Tried: 8, 16, 12 (the edge itself, either way), then 10 and 11 or 14 and 13; every
+        # rate but 12 lies nearly 40 ms or more of scheduling noise away from flipping.
+        outcome = await search(run_at, SearchSettings(target=0.9, start_rate=8.0, tolerance=0.1))
+    tried = [(round(p.request_rate, 2), p.slo_attainment) for p in outcome.points]
+    assert 11.0 <= outcome.goodput <= 12.0, tried
     for point in outcome.points:
         if point.request_rate < 11.9:
-            assert point.passed
+            assert point.passed, tried
         if point.request_rate > 12.1:
             # Only the first six (and on a very busy machine perhaps one more) attain.
-            assert point.slo_attainment < 0.5
+            assert point.slo_attainment < 0.5, tried

@@ -84,6 +84,27 @@ def test_goodput_result_round_trips_with_per_gpu_figures(tmp_path: Path) -> None
     assert back.points == points and back.gpus == 4 and back.goodput_per_gpu == 0.5
 
 
+def test_a_detailed_vllm_result_reads_as_a_run(tmp_path: Path) -> None:
+    vllm = {"date": "20250101-120000", "backend": "openai-chat", "model_id": "m",
+            "num_prompts": 3, "request_rate": "inf", "max_concurrency": None, "duration": 2.0,
+            "completed": 2, "total_input_tokens": 30, "total_output_tokens": 6,
+            "request_throughput": 1.0, "mean_ttft_ms": 150.0,
+            "input_lens": [10, 10, 10], "output_lens": [3, 3, 0],
+            "ttfts": [0.1, 0.2, 0.0], "itls": [[0.02, 0.03], [0.04, 0.05], []],
+            "errors": ["", "", "Bad Request"]}
+    path = tmp_path / "vllm.json"
+    path.write_text(json.dumps(vllm))
+    run = read_result(path)
+    assert isinstance(run, RunResult)
+    assert run.config.endpoint == "chat" and run.config.label == "vllm"
+    assert run.config.request_rate == math.inf
+    assert (run.summary.completed, run.summary.failed) == (2, 1)
+    assert run.summary.ttft.mean == pytest.approx(150.0)
+    assert run.records[0].latency == pytest.approx(0.15)
+    assert run.records[1].tpot == pytest.approx(0.045)
+    assert run.summary.error_counts == {"Bad Request": 1}
+
+
 def test_unreadable_results_are_explained(tmp_path: Path) -> None:
     with pytest.raises(ResultError, match="cannot read result"):
         read_result(tmp_path / "missing.json")
