@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 
@@ -30,6 +31,17 @@ def _positive(kind: type) -> Callable[[str], float]:
     return parse
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port in 1..65535")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdserve router",
@@ -37,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) plus "
             "/health and /metrics, routing each request to a prefill and a decode worker found "
             "in the registry (or to a both-role worker). The router tokenizes and applies the "
-            "chat template itself; it loads no weights."
+            "chat template itself; it loads no weights. Secrets come from the environment: "
+            "PDSERVE_INTERNAL_TOKEN (required; the same value the workers have) and "
+            "PDSERVE_API_KEYS (optional, comma-separated client keys)."
         ),
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
     p.add_argument(
         "--registry",
         default=os.environ.get("PDSERVE_REGISTRY", DEFAULT_REGISTRY),
@@ -161,6 +175,17 @@ def main(argv: list[str]) -> int:
             stream_idle=args.stream_timeout,
         ),
     )
+    # Bind first: a taken port fails in a second, not after loading the tokenizer.
+    try:
+        listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((args.host, args.port))
+    except OSError as e:
+        print(
+            f"pdserve router: cannot listen on {args.host}:{args.port}: {e.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         api_keys = APIKeys.load(args.api_key, args.api_key_file)
         internal_token = internal_token_from_env()
@@ -185,9 +210,5 @@ def main(argv: list[str]) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    try:
-        server.run()
-    except OSError as e:
-        print(f"pdserve router: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 1
+    server.run(sockets=[listener])
     return 0

@@ -84,6 +84,8 @@ class Orchestrator:
         self._background: set[asyncio.Task] = set()
 
     async def pools(self) -> Pools:
+        """Count the live workers of each role for this model (NoWorkerAvailable if the
+        registry cannot be read)."""
         workers = await self._workers()
         count = {role: 0 for role in ("prefill", "decode", "both")}
         for w in workers:

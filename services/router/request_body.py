@@ -13,7 +13,7 @@ from services.router.sse import ClientGone
 M = TypeVar("M", bound=BaseModel)
 
 # Parts of a pydantic error location that name a type tried in a union, not a field.
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "int-str"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

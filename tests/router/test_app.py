@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 
@@ -157,3 +158,9 @@ def test_router_cli_rejects_bad_input_in_one_line(tmp_path, monkeypatch):
     assert code == 2 and "cannot read API key file" in err and "Traceback" not in err
     code, err = asyncio.run(run("--model", str(tmp_path / "no-model")))
     assert code == 2 and "not found" in err and "Traceback" not in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, err = asyncio.run(run("--host", "127.0.0.1", "--port", port))
+    assert code == 1 and "cannot listen on" in err and "Traceback" not in err
