@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -125,6 +126,11 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
+    if args.kv_backend == "ucx" and importlib.util.find_spec("ucxx") is None:
+        raise UsageError(
+            "--kv-backend ucx needs the ucxx package (pip install 'pdserve[ucx]'); "
+            "or use --kv-backend tcp"
+        )
     if args.tensor_parallel_size != 1:
         raise UsageError(
             f"--tensor-parallel-size {args.tensor_parallel_size} is not supported yet: each "

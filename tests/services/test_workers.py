@@ -164,6 +164,24 @@ def test_prefill_then_decode_equals_offline_greedy(
     wait_until(lambda: kv_idle(pair.prefill) and kv_idle(pair.decode), "KV usage back to zero")
 
 
+def test_a_prompt_cached_on_the_decode_side_is_not_pulled_again(
+    pair: Pair, offline_llm: LLM
+) -> None:
+    prompt = list(range(7000, 7032))  # two whole blocks: all of it can be cached
+    (want,) = reference_tokens(offline_llm, [prompt], 4)
+    for attempt, kv in enumerate(("pulled", "cached")):
+        rid = f"{pair.backend}-cache-{attempt}"
+        first = prefill(pair.prefill, rid, prompt, 4)
+        lines = stream_lines(
+            f"{pair.decode.url}/internal/decode", decode_body(rid, prompt, first, 4)
+        )
+        assert [first["token_id"], *tokens_of(lines)] == want
+        assert lines[-1]["kv"] == kv
+        # Pulled or not, the decode worker handed the lease back before it streamed.
+        assert pair.prefill.metric("kv_leases_active") == 0
+    wait_until(lambda: kv_idle(pair.prefill) and kv_idle(pair.decode), "KV usage back to zero")
+
+
 async def test_concurrent_requests_equal_offline_greedy(
     pair: Pair, prompts: list[list[int]], offline_llm: LLM
 ) -> None:
