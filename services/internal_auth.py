@@ -32,11 +32,6 @@ def internal_token_from_env() -> str:
     return token
 
 
-def bearer(token: str) -> dict[str, str]:
-    """The header that authenticates an internal call."""
-    return {"Authorization": f"Bearer {token}"}
-
-
 class InternalAuthMiddleware:
     """ASGI middleware: every ``/internal/`` path needs ``Authorization: Bearer <token>``.
 

@@ -46,7 +46,6 @@ class Component:
     proc: asyncio.subprocess.Process | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     pump: asyncio.Task[None] | None = None
-    stopping: bool = False
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -82,7 +81,6 @@ class Component:
         """SIGTERM its process group, SIGKILL after ``timeout``; then drain its output."""
         if self.proc is None:
             return
-        self.stopping = True
         if self.proc.returncode is None:
             signal_group(self.proc.pid, signal.SIGTERM)
             try:

@@ -168,7 +168,7 @@ async def token_lines(
     OpenAI-shaped ``{"error": ...}`` line instead.
     """
     rid = stream.request_id
-    ended = False
+    finished = False
     try:
         async for out in stream:
             line: dict[str, Any] = {
@@ -177,13 +177,12 @@ async def token_lines(
                 "finish_reason": None,
             }
             if out.finished:
-                ended = True
+                finished = True
                 line["finish_reason"] = out.finish_reason.value if out.finish_reason else None
                 line["kv"] = kv_outcome(rid) if kv_outcome else "recomputed"
             yield line
     except EngineError as exc:
-        ended = True  # the engine already dropped the request
         yield api_error_from(exc).body()
     finally:
-        if not ended:
+        if not finished:  # cut short (client gone, engine error): nothing may stay behind
             runtime.abort_soon(rid)

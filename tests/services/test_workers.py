@@ -182,6 +182,22 @@ def test_a_prompt_cached_on_the_decode_side_is_not_pulled_again(
     wait_until(lambda: kv_idle(pair.prefill) and kv_idle(pair.decode), "KV usage back to zero")
 
 
+def test_logprobs_travel_with_the_tokens(pair: Pair, prompts: list[list[int]]) -> None:
+    prompt, rid = prompts[0], f"{pair.backend}-logprobs"
+    sampling = {**sampling_json(3), "logprobs": 2}
+    body = {"request_id": rid, "prompt_token_ids": prompt, "sampling": sampling}
+    first = httpx.post(f"{pair.prefill.url}/internal/prefill", headers=AUTH, json=body).json()
+    assert first["logprob"]["token_id"] == first["token_id"]
+    assert first["logprob"]["logprob"] <= 0 and len(first["logprob"]["top"]) == 2
+    decode = {**decode_body(rid, prompt, first, 3), "sampling": sampling}
+    lines = stream_lines(f"{pair.decode.url}/internal/decode", decode)
+    for line in lines:
+        (logprob,) = line["logprobs"]
+        assert logprob["token_id"] == line["token_ids"][0] and len(logprob["top"]) == 2
+        # Greedy: the chosen token is the most likely one.
+        assert logprob["top"][0][0] == logprob["token_id"]
+
+
 async def test_concurrent_requests_equal_offline_greedy(
     pair: Pair, prompts: list[list[int]], offline_llm: LLM
 ) -> None:
