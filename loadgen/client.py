@@ -166,7 +166,9 @@ class StreamClient:
         """Consume the SSE stream to its end, filling `record`."""
         stream = _Stream(self._content)
         pending = b""
-        async for data in response.aiter_bytes():
+        # The body is asked for uncompressed; when it is, httpx's decoding layer is skipped.
+        encoded = response.headers.get("content-encoding", "identity") != "identity"
+        async for data in response.aiter_bytes() if encoded else response.aiter_raw():
             # One clock read per network read: events that arrived together share it.
             now = perf_counter()
             lines = (pending + data).split(b"\n")

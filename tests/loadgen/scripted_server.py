@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Script:
     busy_limit: int | None = None  # with more requests than this in flight...
     busy_ttft: float = 0.0  # ...the first token comes this late (the last one on time)
     cycle: tuple[tuple[float, float], ...] = ()  # (ttft, itl) by arrival index, cycled
+    gzip: bool = False  # compress the stream even though the client asked for identity
 
 
 SCRIPTS: dict[str, Script] = {
@@ -44,6 +46,7 @@ SCRIPTS: dict[str, Script] = {
     "broken-stream": Script(error_after=3),
     "strict": Script(rejects=("ignore_eos",)),
     "stall": Script(ttft=30.0),
+    "gzipped": Script(gzip=True),
     # A request of 10 tokens lasts 0.05 + 9 * 0.05 = 0.5 s; with more than 6 in flight its
     # first token takes 0.3 s (and the rest come faster, so it still ends at 0.5 s and load
     # does not feed on itself). At a constant rate r, 0.5 * r requests are in flight, so
@@ -137,11 +140,18 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
     usage = script.usage and (body.get("stream_options") or {}).get("include_usage")
     loop = asyncio.get_running_loop()
 
+    compressor = zlib.compressobj(wbits=31) if script.gzip else None  # 31: gzip framing
+
     async def event(payload: dict[str, Any] | str) -> None:
-        await send({"type": "http.response.body", "body": _sse(payload), "more_body": True})
+        data = _sse(payload)
+        if compressor is not None:
+            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        await send({"type": "http.response.body", "body": data, "more_body": True})
 
     try:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        if compressor is not None:
+            headers.append((b"content-encoding", b"gzip"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if chat:  # like vLLM: the role comes first, in a chunk without text
             delta = {"role": "assistant", "content": ""}
@@ -170,7 +180,8 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
             if script.done_delay:
                 await asyncio.sleep(script.done_delay)
             await event("[DONE]")
-        await send({"type": "http.response.body", "body": b""})
+        tail = compressor.flush() if compressor is not None else b""
+        await send({"type": "http.response.body", "body": tail})
     finally:
         counters.in_flight -= 1
 

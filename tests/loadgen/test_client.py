@@ -92,6 +92,11 @@ async def test_a_late_done_does_not_inflate_latency(scripted_url: str) -> None:
     _matches(records, ttft=0.060, tpot=0.020)
 
 
+async def test_a_compressed_stream_is_decoded(scripted_url: str) -> None:
+    (record,) = await _send(scripted_url, "gzipped")
+    assert record.success and record.output_len == 8 and len(record.itl) == 7
+
+
 async def test_http_errors_are_recorded_with_the_servers_message(scripted_url: str) -> None:
     (record,) = await _send(scripted_url, "overloaded")
     assert not record.success
