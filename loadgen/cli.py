@@ -312,7 +312,9 @@ def _requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[Request]:
     )
 
 
-def _send_times(args: argparse.Namespace, requests: list[Request], rate: float | None):
+def _send_times(
+    args: argparse.Namespace, requests: list[Request], rate: float | None
+) -> list[float]:
     """Open-loop send times: the trace's own (rescaled to `rate` if given), else the process."""
     trace_times = [r.arrival for r in requests if r.arrival is not None]
     if len(trace_times) == len(requests):
