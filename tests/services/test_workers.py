@@ -35,7 +35,7 @@ from worker_processes import (
 from services.engine.llm import LLM
 from services.registry import EmbeddedRedis
 
-LEASE_SECONDS = 4  # prefill workers here free unpulled KV after this long
+LEASE_SECONDS = 6  # prefill workers here free unpulled KV after this long (margin for busy CPUs)
 POOL_TOKENS = 72 * 16  # --kv-cache-memory 0.05 GiB of float32 SmolLM2 blocks
 CONTRACT_METRICS = (
     "num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
