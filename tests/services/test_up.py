@@ -189,6 +189,20 @@ def test_up_colocated_with_an_api_key_and_ctrl_c_leaves_no_process(start_up) -> 
     assert not [pid for pid in tree if alive(pid)]
 
 
+def test_components_die_with_up_even_when_it_is_killed(start_up) -> None:
+    """SIGKILL gives up no chance to clean up: the kernel tells its children (PDEATHSIG)."""
+    up = start_up(*common(free_port()), "--both", "1")
+    up.wait_for("[up] ready")
+    tree = descendants(up.proc.pid)
+    assert len(tree) >= 3  # redis-server, the worker, the router
+    up.proc.kill()
+    up.proc.wait()
+    deadline = time.monotonic() + 60
+    while [pid for pid in tree if alive(pid)]:
+        assert time.monotonic() < deadline, f"still running: {[p for p in tree if alive(p)]}"
+        time.sleep(0.1)
+
+
 def test_a_worker_that_fails_to_start_stops_up_with_its_error(start_up) -> None:
     up = start_up(*common(free_port()), "--model", "/no/such/model")
     assert up.finish() == 1, up.output()
