@@ -14,7 +14,8 @@ that delivers its output, and aborting a held request ends its lease (the lease 
 the blocks once no read is using them) instead of freeing blocks under a reader.
 
 If the engine thread crashes, every request in flight gets an ``EngineUnavailableError`` and
-every later call raises it at once: nothing hangs.
+every later call raises it at once; a request that outgrew the KV cache gets a
+``PromptTooLongError``: nothing hangs.
 """
 
 from __future__ import annotations

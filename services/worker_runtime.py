@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from kvtransfer import KVTransferError
@@ -281,7 +282,7 @@ class WorkerRuntime:
             "url": self.url,
             "kv_backend": self.settings.kv_backend,
             "kv_port": self.kv_port,
-            "load": self.load().__dict__,
+            "load": asdict(self.load()),
             "kv_leases_active": snap.kv_leases_active,
         }
         if self.failure:
