@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from loadgen.connections import StreamingTransport
+from loadgen.connections import DIVERTED, SINK, StreamingTransport
 from loadgen.metrics import RequestRecord
 from loadgen.workload import Request
 
@@ -24,10 +24,6 @@ PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 class EndpointError(ValueError):
     """The server URL or endpoint kind is unusable."""
-
-
-class MalformedStream(ValueError):
-    """The server sent something that is not an OpenAI-style event stream."""
 
 
 def base_url(url: str) -> str:
@@ -145,40 +141,37 @@ class StreamClient:
         start = perf_counter()
         record.send_time = start - t0
         try:
+            stream = _Stream(self._content)
             async with (
                 asyncio.timeout(self.endpoint.timeout),
-                self._http.stream("POST", self.endpoint.path, json=body) as response,
+                self._http.stream(
+                    "POST", self.endpoint.path, json=body, extensions={SINK: stream.receive}
+                ) as response,
             ):
                 if response.status_code != 200:
                     message = error_message(await response.aread())
                     record.error = f"HTTP {response.status_code}: {message}"
                     return record
-                await self._read(response, start, record)
+                await self._read(response, stream, start, record)
         except TimeoutError:
             record.error = f"timed out after {self.endpoint.timeout:g} s"
         except httpx.HTTPError as exc:
             record.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        except MalformedStream as exc:
-            record.error = f"malformed stream from server: {exc}"
         return record
 
-    async def _read(self, response: httpx.Response, start: float, record: RequestRecord) -> None:
+    async def _read(
+        self, response: httpx.Response, stream: _Stream, start: float, record: RequestRecord
+    ) -> None:
         """Consume the SSE stream to its end, filling `record`."""
-        stream = _Stream(self._content)
-        pending = b""
-        # The body is asked for uncompressed; when it is, httpx's decoding layer is skipped.
-        encoded = response.headers.get("content-encoding", "identity") != "identity"
-        async for data in response.aiter_bytes() if encoded else response.aiter_raw():
-            # One clock read per network read: events that arrived together share it.
-            now = perf_counter()
-            lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                # Blank lines end events and others (event:, id:, comments) carry nothing here.
-                if line.startswith(b"data:") and not stream.feed(line[5:], now):
-                    record.error = stream.error
-                    return
-        if pending.startswith(b"data:") and not stream.feed(pending[5:], perf_counter()):
+        if response.extensions.get(DIVERTED):
+            # Events were parsed as they arrived: this only waits for the end.
+            async for _ in response.aiter_raw():
+                pass
+        else:
+            async for data in response.aiter_bytes():
+                stream.receive(data, perf_counter())
+        stream.close()
+        if stream.error:
             record.error = stream.error
             return
         times = stream.times
@@ -196,30 +189,50 @@ class StreamClient:
 
 
 class _Stream:
-    """What the SSE lines of one response said so far."""
+    """What the server-sent events of one response said so far."""
 
     def __init__(self, content: Callable[[dict[str, Any]], Any]) -> None:
         self.content = content
-        self.times: list[float] = []  # arrival of each chunk that carried generated text
+        self.times: list[float] = []  # arrival of each event that carried generated text
         self.usage: dict[str, Any] | None = None
-        self.error = ""
+        self.error = ""  # set by an error event or malformed data; later data is ignored
+        self._pending = b""  # a line not yet complete
+        self._now = 0.0
 
-    def feed(self, data: bytes, now: float) -> bool:
-        """Take the data of one `data:` line that arrived at `now`; False when the server
-        reported an error."""
+    def receive(self, data: bytes, now: float) -> None:
+        """Take body bytes that arrived at `now` (events arriving together share the time)."""
+        if self.error:
+            return
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        self._now = now
+        for line in lines:
+            # Blank lines end events; event:, id: and comments carry nothing needed here.
+            if line.startswith(b"data:"):
+                self._event(line[5:], now)
+                if self.error:
+                    return
+
+    def close(self) -> None:
+        """The body ended: a last line without its newline still counts."""
+        if self._pending.startswith(b"data:") and not self.error:
+            self._event(self._pending[5:], self._now)
+
+    def _event(self, data: bytes, now: float) -> None:
         payload = data.strip()
         # Read on past [DONE] to the end of the body so the connection can be reused.
         if payload == b"[DONE]":
-            return True
+            return
         try:
             event = json.loads(payload.decode())
-        except ValueError as exc:
-            raise MalformedStream(f"{payload[:80]!r} is not JSON") from exc
+        except ValueError:
+            event = None
         if not isinstance(event, dict):
-            raise MalformedStream(f"{payload[:80]!r} is not a JSON object")
+            self.error = f"malformed stream from server: {payload[:80]!r} is not a JSON object"
+            return
         if "error" in event or event.get("object") == "error":
             self.error = "error in stream: " + error_message(payload)
-            return False
+            return
         choices = event.get("choices")
         first = choices[0] if choices and isinstance(choices, list) else None
         if isinstance(first, dict) and self.content(first):
@@ -227,4 +240,3 @@ class _Stream:
         usage = event.get("usage")
         if usage and isinstance(usage, dict):
             self.usage = usage
-        return True

@@ -35,6 +35,7 @@ class Script:
     busy_ttft: float = 0.0  # ...the first token comes this late (the last one on time)
     cycle: tuple[tuple[float, float], ...] = ()  # (ttft, itl) by arrival index, cycled
     gzip: bool = False  # compress the stream even though the client asked for identity
+    garbage: bool = False  # send a data line that is not JSON after the first token
 
 
 SCRIPTS: dict[str, Script] = {
@@ -47,6 +48,7 @@ SCRIPTS: dict[str, Script] = {
     "strict": Script(rejects=("ignore_eos",)),
     "stall": Script(ttft=30.0),
     "gzipped": Script(gzip=True),
+    "garbage": Script(garbage=True),
     # A request of 10 tokens lasts 0.05 + 9 * 0.05 = 0.5 s; with more than 6 in flight its
     # first token takes 0.3 s (and the rest come faster, so it still ends at 0.5 s and load
     # does not feed on itself). At a constant rate r, 0.5 * r requests are in flight, so
@@ -168,6 +170,8 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
                 break
             n = min(script.tokens_per_chunk, tokens - sent)
             await event(_chunk(chat, " tok" * n))
+            if script.garbage:
+                await event("this is not json")
             sent += n
             chunk += 1
         else:

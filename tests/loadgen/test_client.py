@@ -110,6 +110,12 @@ async def test_an_error_inside_the_stream_fails_the_request(scripted_url: str) -
     assert not record.success and record.error == "error in stream: engine died"
 
 
+async def test_data_that_is_not_json_fails_the_request(scripted_url: str) -> None:
+    (record,) = await _send(scripted_url, "garbage")
+    assert not record.success
+    assert record.error == "malformed stream from server: b'this is not json' is not a JSON object"
+
+
 async def test_a_request_past_its_timeout_fails(scripted_url: str) -> None:
     (record,) = await _send(scripted_url, "stall", timeout=0.3)
     assert not record.success and record.error == "timed out after 0.3 s"

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from loadgen.connections import StreamingTransport
+from loadgen.connections import DIVERTED, SINK, StreamingTransport
 
 CHUNKED = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\n"
 RESPONSES = {
@@ -96,6 +96,32 @@ async def test_every_framing_and_connection_reuse(served) -> None:
         response = await client.post("/error")
         assert response.status_code == 429 and response.json() == {"e": "no"}
         assert server.connections == 1  # one kept-alive connection served them all
+
+
+async def test_a_sink_takes_successful_bodies_as_they_arrive(served) -> None:
+    server, url = served
+    received: list[tuple[bytes, float]] = []
+
+    def sink(data: bytes, now: float) -> None:
+        received.append((data, now))
+
+    async with httpx.AsyncClient(base_url=url, transport=StreamingTransport()) as client:
+        for path in ("/bytewise", "/length"):
+            received.clear()
+            async with client.stream("POST", path, extensions={SINK: sink}) as response:
+                assert response.extensions[DIVERTED] is True
+                assert [part async for part in response.aiter_raw()] == []
+            expected = b"hello world" if path == "/bytewise" else b"hello"
+            assert b"".join(data for data, _ in received) == expected
+            times = [now for _, now in received]
+            assert times == sorted(times) and len(times) >= 1
+        # An error body is not diverted: it is read like any other.
+        received.clear()
+        async with client.stream("POST", "/error", extensions={SINK: sink}) as response:
+            assert DIVERTED not in response.extensions
+            assert await response.aread() == b'{"e": "no"}'
+        assert received == []
+        assert server.connections == 1
 
 
 async def test_concurrent_streams_get_their_own_connections(served) -> None:
