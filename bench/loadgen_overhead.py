@@ -128,10 +128,16 @@ async def level(url: str, streams: int, tokens: int, itl: float, seconds: float,
     # Steady state only: skip the ramp-up while the first streams are still opening.
     steady = [r for r in records if r.success and r.send_time >= lifetime]
     ttft = np.array([r.ttft for r in steady]) * 1000
-    span = max(r.send_time for r in steady) - min(r.send_time for r in steady)
+    begin, end = min(r.send_time for r in steady), max(r.send_time for r in steady)
+    span = end - begin
+    # Streams open on average between the first and the last steady send.
+    open_time = sum(
+        max(0.0, min(end, r.send_time + r.latency) - max(begin, r.send_time))
+        for r in records if r.success
+    )
     return {
         "streams": streams,
-        "open": sum(r.latency for r in records if r.success) / duration,
+        "open": open_time / span,
         "tok_s": sum(r.output_len for r in steady) / span,
         "median": float(np.median(ttft)),
         "p90": float(np.percentile(ttft, 90)),
