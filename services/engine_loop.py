@@ -14,8 +14,8 @@ that delivers its output, and aborting a held request ends its lease (the lease 
 the blocks once no read is using them) instead of freeing blocks under a reader.
 
 If the engine thread crashes, every request in flight gets an ``EngineUnavailableError`` and
-every later call raises it at once; a request that outgrew the KV cache gets a
-``PromptTooLongError``: nothing hangs.
+every later call raises it at once: nothing hangs. (A request that could outgrow the KV cache
+is refused at ``add``: the engine caps its context length at the cache's size.)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.engine.engine import EngineStats, KVFetch, LLMEngine, RequestOutput, StepResult
-from services.engine.errors import PromptTooLongError
 from services.engine.sampling_params import SamplingParams
 from services.engine.sequence import FinishReason
 from services.worker_errors import EngineUnavailableError
@@ -287,41 +286,12 @@ class EngineLoop:
                 # A step that did nothing (every waiting request is blocked on blocks that
                 # only a command can free) must not repeat until a command arrives.
                 runnable = did_work and engine.has_work()
-                if not did_work and engine.has_work():
-                    self._fail_unrunnable()
         except BaseException as exc:  # any crash must fail requests, not hang them
             log.exception("engine thread crashed")
             self._crash(exc)
             return
         self._fail_everything(self._unavailable())
         self._flush()
-
-    def _fail_unrunnable(self) -> None:
-        """Fail waiting requests that cannot run even on an empty KV cache.
-
-        The engine admits a prompt that fits the cache but not one whose output outgrows it:
-        such a sequence preempts itself and then waits forever. When nothing else holds a block,
-        no command can ever free one for it, so it gets an error instead of a hang.
-        """
-        stats = self.engine.stats()
-        if (
-            stats.num_running
-            or stats.num_fetching
-            or stats.num_held
-            or stats.free_blocks < stats.total_blocks
-        ):
-            return
-        capacity = stats.total_blocks * self.engine.config.block_size
-        for request_id in list(self.engine.requests):
-            self.engine.abort(request_id)
-            stream = self._streams.pop(request_id, None)
-            if stream is not None:
-                error = PromptTooLongError(
-                    f"the prompt plus max_tokens outgrew this worker's KV cache ({capacity} "
-                    f"tokens); lower max_tokens or use a worker with more KV memory"
-                )
-                self._post(stream._put, error)
-        self._publish()
 
     def _publish(self, pending_applied: int = 0) -> None:
         """Refresh the stats snapshot, then hand the event loop what this round produced.

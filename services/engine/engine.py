@@ -98,6 +98,12 @@ class LLMEngine:
             config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
         self.layout = self._kv_layout()
+        # A sequence must fit the pool on its own, or it would preempt itself forever.
+        kv_tokens = self.layout.num_blocks * config.block_size
+        if kv_tokens < self.max_model_len:
+            log.warning("KV cache holds %d tokens: max_model_len lowered from %d", kv_tokens,
+                        self.max_model_len)
+            self.max_model_len = kv_tokens
         self.pool = KVPool(self.layout, self.device)
         self.blocks = BlockManager(
             self.layout.num_blocks, config.block_size, config.enable_prefix_caching
@@ -184,15 +190,12 @@ class LLMEngine:
             raise InvalidRequestError(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
         total = len(prompt_ids) + params.max_tokens
         if total > self.max_model_len:
+            limit = f"this model's maximum context length is {self.max_model_len} tokens"
+            if self.max_model_len == self.layout.num_blocks * self.config.block_size:
+                limit = f"this worker's KV cache holds {self.max_model_len} tokens"
             raise PromptTooLongError(
-                f"this model's maximum context length is {self.max_model_len} tokens, but "
-                f"{total} were requested ({len(prompt_ids)} in the prompt, "
+                f"{limit}, but {total} were requested ({len(prompt_ids)} in the prompt, "
                 f"{params.max_tokens} to generate); shorten the prompt or lower max_tokens"
-            )
-        if self.blocks.blocks_for(len(prompt_ids) + 1) > self.blocks.num_blocks:
-            raise PromptTooLongError(
-                f"a {len(prompt_ids)}-token prompt does not fit this worker's KV cache "
-                f"({self.blocks.num_blocks * self.blocks.block_size} tokens)"
             )
 
     def abort(self, request_id: str) -> bool:
