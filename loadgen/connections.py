@@ -49,7 +49,8 @@ class _Connection(asyncio.Protocol):
         self._error: httpx.TransportError | None = None
         self._left = 0  # bytes left in the body (length) or in the current chunk
         self._chunk_state = "size"  # size | data | crlf | trailers
-        self._sink: Sink | None = None
+        self._sink: Sink | None = None  # offered with the request...
+        self.diverted = False  # ...and taken: the body goes to it, not to `chunks`
         self._now = 0.0  # arrival of the bytes being parsed
 
     # --- event loop callbacks -------------------------------------------------------------
@@ -112,6 +113,12 @@ class _Connection(asyncio.Protocol):
         fields = {name.lower(): value.lower() for name, value in headers}
         if fields.get(b"connection") == b"close":
             self.reusable = False
+        # Decided here, before any body byte is parsed, so every byte reaches the sink with
+        # the time it arrived.
+        identity = fields.get(b"content-encoding", b"identity") == b"identity"
+        self.diverted = self._sink is not None and identity and 200 <= status < 300
+        if not self.diverted:
+            self._sink = None
         if status in (204, 304):
             self._state, self._left = "length", 0
         elif b"chunked" in fields.get(b"transfer-encoding", b""):
@@ -156,8 +163,8 @@ class _Connection(asyncio.Protocol):
     # --- state changes --------------------------------------------------------------------
 
     def _push(self, data: bytes) -> None:
-        if self._sink is not None:
-            self._sink(data, self._now)
+        if self.diverted:
+            self._sink(data, self._now)  # type: ignore[misc]
             return
         self._body.append(data)
         self._wake()
@@ -198,22 +205,19 @@ class _Connection(asyncio.Protocol):
         """Whether a new request can go on this connection now."""
         return self._state == "idle" and self.reusable and not self.closed
 
-    async def request(self, head: bytes, body: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Send a request; returns the response status and headers."""
+    async def request(
+        self, head: bytes, body: bytes, sink: Sink | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Send a request; returns the response status and headers. A 2xx uncompressed body
+        goes to `sink`, if given, and `diverted` tells whether it did."""
         assert self.transport is not None and self.idle
         self._state = "head"
         self.got_response = False
+        self._sink = sink
+        self.diverted = False
         self._head = asyncio.get_running_loop().create_future()
         self.transport.write(head + body)
         return await self._head
-
-    def divert(self, sink: Sink) -> None:
-        """Hand the body to `sink` as it arrives, inside the event loop's read callback,
-        instead of queueing it for `chunks`; what is queued already goes first."""
-        if self._body:
-            sink(b"".join(self._body), self._now)
-            self._body.clear()
-        self._sink = sink
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The response body as it arrives; what arrived together comes as one piece."""
@@ -235,6 +239,7 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> bool:
         """End the current exchange; True if the connection can take another request."""
         self._sink = None
+        self.diverted = False
         if self._state == "done" and not self.buffer and self.reusable and not self.closed:
             self._state = "idle"
             self._body.clear()
@@ -307,7 +312,9 @@ class StreamingTransport(httpx.AsyncBaseTransport):
                 continue
             self._busy.add(connection)
             try:
-                status, headers = await connection.request(head, body)
+                status, headers = await connection.request(
+                    head, body, request.extensions.get(SINK)
+                )
             except httpx.RemoteProtocolError:
                 self._busy.discard(connection)
                 connection.finish()
@@ -320,12 +327,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
                 self._busy.discard(connection)
                 connection.finish()
                 raise
-            extensions = {}
-            sink = request.extensions.get(SINK)
-            encoding = dict(headers).get(b"content-encoding", b"identity").lower()
-            if sink is not None and encoding == b"identity" and 200 <= status < 300:
-                connection.divert(sink)
-                extensions[DIVERTED] = True
+            extensions = {DIVERTED: True} if connection.diverted else {}
             stream = _Body(self, key, connection)
             return httpx.Response(status, headers=headers, stream=stream, extensions=extensions)
 

@@ -153,7 +153,7 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
     try:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         if compressor is not None:
-            headers.append((b"content-encoding", b"gzip"))
+            headers.append((b"Content-Encoding", b"gzip"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if chat:  # like vLLM: the role comes first, in a chunk without text
             delta = {"role": "assistant", "content": ""}

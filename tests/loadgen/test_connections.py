@@ -1,6 +1,7 @@
 """The streaming HTTP/1.1 transport against a real socket server with every body framing."""
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,11 +10,14 @@ import pytest
 from loadgen.connections import DIVERTED, SINK, StreamingTransport
 
 CHUNKED = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\n"
+GZIPPED = gzip.compress(b"hello")
 RESPONSES = {
     b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
     b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED,
     b"/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
     b"/error": b'HTTP/1.1 429 Too Many\r\nContent-Length: 11\r\n\r\n{"e": "no"}',
+    b"/gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: GZIP\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(GZIPPED), GZIPPED),
 }
 
 
@@ -115,6 +119,10 @@ async def test_a_sink_takes_successful_bodies_as_they_arrive(served) -> None:
             assert b"".join(data for data, _ in received) == expected
             times = [now for _, now in received]
             assert times == sorted(times) and len(times) >= 1
+        # A compressed body is not diverted: httpx decodes it.
+        async with client.stream("POST", "/gzip", extensions={SINK: sink}) as response:
+            assert DIVERTED not in response.extensions
+            assert await response.aread() == b"hello"
         # An error body is not diverted: it is read like any other.
         received.clear()
         async with client.stream("POST", "/error", extensions={SINK: sink}) as response:
