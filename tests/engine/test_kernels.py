@@ -53,9 +53,14 @@ def test_rope_matches_torch(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype):
+@pytest.mark.parametrize(
+    "hkv,hq,d",
+    [(3, 9, 64), (2, 8, 128), (1, 9, 64), (2, 4, 32)],
+    ids=["smollm2-shape", "d128", "group9-portable", "d32-portable"],
+)
+def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype, hkv, hq, d):
     g = torch.Generator().manual_seed(1)
-    nb, hkv, layers, bs, d, hq = 40, 3, 2, 16, 64, 9
+    nb, layers, bs = 40, 2, 16
     pool = torch.randn(nb, hkv, layers, 2, bs, d, generator=g).to(dtype)
     k_cache, v_cache = pool[:, :, 1, 0], pool[:, :, 1, 1]  # strided views, as the engine uses
     lens = torch.tensor([1, 16, 17, 90, 5])
