@@ -28,7 +28,8 @@ PROMPTS = [
     "Recipe for bread: first, mix the flour and water, then",
     "A train leaves the station at noon travelling at sixty miles per hour, and",
 ]
-MAX_TOKENS = 64
+# Long enough that no stream can finish before the kill, however fast the engine gets.
+MAX_TOKENS = 192
 
 
 @pytest.fixture(scope="module")

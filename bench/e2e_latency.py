@@ -1,0 +1,65 @@
+"""TTFT and TPOT under a fixed Poisson load: disaggregated `pdserve up` against colocated
+`pdserve up --both 1` (the same router in front), measured in one run.
+
+    python bench/e2e_latency.py [--rate 2] [--num-prompts 60] [--input-len 256] [--output-len 64]
+
+Each system is started, loaded with the same seeded workload by `pdserve bench run`, and
+stopped; then the percentiles are printed side by side. Results land in results/e2e/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import ROOT, bench, pdserve_up  # noqa: E402
+
+SYSTEMS = {
+    "disaggregated (1 prefill + 1 decode)": [],
+    "colocated (1 both)": ["--both", "1"],
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", default="2", help="requests per second (Poisson)")
+    ap.add_argument("--num-prompts", type=int, default=60)
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--port", type=int, default=8300)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "e2e")
+    args = ap.parse_args()
+
+    results = {}
+    for i, (name, extra) in enumerate(SYSTEMS.items()):
+        port = args.port + i
+        out = args.out_dir / f"system{i}.json"
+        print(f"== {name}", flush=True)
+        with pdserve_up(port, args.out_dir / f"system{i}.log", "--threads", str(args.threads),
+                        *extra):
+            bench("run", "--url", f"http://127.0.0.1:{port}", "--rate", args.rate,
+                  "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len),
+                  "--output-len", str(args.output_len), "--random-token-ids",
+                  "--vocab-size", "49152", "--seed", "0", "--label", name, "--out", str(out),
+                  "--no-progress")
+        results[name] = json.loads(out.read_text())
+
+    print(f"\nPoisson {args.rate} req/s, {args.num_prompts} requests, {args.input_len} tokens in, "
+          f"{args.output_len} out, {args.threads} thread(s) per worker\n")
+    header = f"{'system':<40}" + "".join(f"{h:>10}" for h in (
+        "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99", "failed"))
+    print(header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        cells = [r[f"{stat}_{metric}_ms"] for metric in ("ttft", "tpot")
+                 for stat in ("median", "p90", "p99")]
+        print(f"{name:<40}" + "".join(f"{c:>8.0f}ms" for c in cells) + f"{r['failed']:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
