@@ -2,7 +2,8 @@
 directory, a GGUF file, or a built-in name.
 
 Tensors come out under Hugging Face names (`model.layers.0.self_attn.q_proj.weight`), so the
-model loads every source through one loop.
+model loads every source through one loop. A tensor-parallel rank asks for its slice of each
+tensor; safetensors reads just those bytes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ GGUF_GLOBAL_NAMES = {
 }
 GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
+# name -> (dimension, start, stop) of the part of that tensor to read, or None for all of it
+SliceOf = Callable[[str], tuple[int, int, int] | None]
+
 
 @dataclass
 class Checkpoint:
@@ -54,12 +58,19 @@ class Checkpoint:
     path: Path
     kind: str  # "hf" | "gguf"
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every weight as (Hugging Face name, float tensor), one at a time."""
+    def tensors(self, select: SliceOf | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every weight as (Hugging Face name, float tensor), one at a time; with ``select``,
+        only the part of each tensor it names."""
         if self.kind == "gguf":
-            yield from _gguf_tensors(self.path, self.config)
+            for name, tensor in _gguf_tensors(self.path, self.config):
+                part = select(name) if select else None
+                if part is not None:
+                    # A GGUF tensor dequantizes whole; only the cached safetensors read less.
+                    dim, start, stop = part
+                    tensor = tensor.narrow(dim, start, max(0, min(stop, tensor.shape[dim]) - start))
+                yield name, tensor
         else:
-            yield from _safetensors_tensors(self.path)
+            yield from _safetensors_tensors(self.path, select)
 
 
 def builtin_path(name: str) -> Path:
@@ -86,6 +97,24 @@ def resolve(model: str) -> Checkpoint:
     raise ModelLoadError(
         f"model {model!r} not found: give 'smollm2', a Hugging Face directory or a .gguf file"
     )
+
+
+def peek_config(model: str) -> ModelConfig:
+    """The model's shape, without reading a weight (nor converting a GGUF file into the cache)."""
+    from services.engine import gguf_cache
+
+    path = builtin_path(model) if model in BUILTIN_MODELS else Path(model)
+    if path.is_file() and path.suffix == ".gguf":
+        cached = gguf_cache.lookup(path)
+        return _from_hf_directory(cached, model).config if cached else gguf_config(path, model)
+    return resolve(model).config  # a directory: resolving reads config.json only
+
+
+def located(name: str, path: Path, kind: str) -> Checkpoint:
+    """A checkpoint another process already resolved, opened from its path and kind."""
+    if kind == "gguf":
+        return Checkpoint(name, gguf_config(path, name), path, "gguf")
+    return _from_hf_directory(path, name)
 
 
 def _from_gguf(path: Path, name: str, use_cache: bool = True) -> Checkpoint:
@@ -202,7 +231,9 @@ def _gguf_tensors(path: Path, cfg: ModelConfig) -> Iterator[tuple[str, torch.Ten
         yield name, tensor
 
 
-def _safetensors_tensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _safetensors_tensors(
+    directory: Path, select: SliceOf | None
+) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
     index = directory / "model.safetensors.index.json"
@@ -216,6 +247,11 @@ def _safetensors_tensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
         try:
             with safe_open(str(directory / filename), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield key, f.get_tensor(key)
+                    part = select(key) if select else None
+                    if part is None:
+                        yield key, f.get_tensor(key)
+                    else:
+                        dim, start, stop = part
+                        yield key, f.get_slice(key)[(slice(None),) * dim + (slice(start, stop),)]
         except (OSError, ValueError) as e:
             raise WeightError(f"cannot read {directory / filename}: {e}") from e

@@ -2,6 +2,10 @@
 
 `LLMEngine` is synchronous and single-threaded on purpose: the services run `step()` in a
 dedicated thread and talk to it through thread-safe queues; the offline `LLM` calls it directly.
+
+With `tensor_parallel_size` N > 1 this process is rank 0: it schedules, samples and owns the
+block ids, and starts N-1 follower processes that hold the rest of the model and of the KV
+heads (see `parallel.py`, `followers.py`); `close()` stops them.
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ from dataclasses import dataclass, field
 import torch
 
 from services.engine.block_manager import BlockManager
-from services.engine.checkpoint import Checkpoint, resolve
+from services.engine.checkpoint import Checkpoint, peek_config, resolve
 from services.engine.config import EngineConfig
 from services.engine.errors import InvalidRequestError, PromptTooLongError
-from services.engine.kv_cache import KVLayout, KVPool
+from services.engine.followers import Followers
+from services.engine.kv_cache import KVLayout, KVPool, KVShard
 from services.engine.model import LlamaForCausalLM
 from services.engine.model_runner import ModelRunner
+from services.engine.parallel import TPGroup, TPShard, check_tensor_parallel
 from services.engine.sampler import TokenLogprobs, sample
 from services.engine.sampling_params import SamplingParams
 from services.engine.scheduler import Scheduler
 from services.engine.sequence import FinishReason, Sequence, Status
 from services.engine.tokenizer import Tokenizer
-from services.engine.weights import load_weights
+from services.engine.weights import load_weights, weight_slices
 
 log = logging.getLogger("pdserve.engine")
 
@@ -88,26 +94,46 @@ class LLMEngine:
             torch.set_num_threads(config.threads)
         self.device = config.torch_device()
         self.dtype = config.torch_dtype()
+        tp = config.tensor_parallel_size
+        if tp != 1:  # before anything is loaded or converted
+            shape = checkpoint.config if checkpoint else peek_config(config.model)
+            check_tensor_parallel(tp, shape, self.device)
         self.checkpoint = checkpoint or resolve(config.model)
         self.model_config = cfg = self.checkpoint.config
+        self.shard = TPShard.of(cfg, 0, tp)
+        self.followers: Followers | None = None
+        self.group: TPGroup | None = None
         t0 = time.perf_counter()
-        self.tokenizer = Tokenizer.from_checkpoint(self.checkpoint)
-        self.model = self._load_model()
-        log.info("loaded %s in %.1f s", config.model, time.perf_counter() - t0)
-        self.max_model_len = min(
-            config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
-        )
-        self.layout = self._kv_layout()
-        # A sequence must fit the pool on its own, or it would preempt itself forever.
-        kv_tokens = self.layout.num_blocks * config.block_size
-        if kv_tokens < self.max_model_len:
-            log.warning(
-                "KV cache holds %d tokens: max_model_len lowered from %d",
-                kv_tokens,
-                self.max_model_len,
+        if tp != 1:
+            # The followers load their shards while this rank loads its own.
+            self.followers = Followers.start(config, self.checkpoint, self.device)
+        try:
+            if self.followers is not None:
+                self.group = self.followers.connect(self.device)
+            self.tokenizer = Tokenizer.from_checkpoint(self.checkpoint)
+            self.model = self._load_model()
+            log.info("loaded %s in %.1f s", config.model, time.perf_counter() - t0)
+            self.max_model_len = min(
+                config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
             )
-            self.max_model_len = kv_tokens
-        self.pool = KVPool(self.layout, self.device)
+            self.layout = self._kv_layout()
+            # A sequence must fit the pool on its own, or it would preempt itself forever.
+            kv_tokens = self.layout.num_blocks * config.block_size
+            if kv_tokens < self.max_model_len:
+                log.warning(
+                    "KV cache holds %d tokens: max_model_len lowered from %d",
+                    kv_tokens,
+                    self.max_model_len,
+                )
+                self.max_model_len = kv_tokens
+            self.pool = KVPool(self.layout, self.device)
+            if self.followers is not None:
+                self.followers.share_pools(self.layout, self.max_model_len + 1)
+                self.followers.wait_ready()
+        except BaseException:
+            if self.followers is not None:
+                self.followers.kill()
+            raise
         self.blocks = BlockManager(
             self.layout.num_blocks, config.block_size, config.enable_prefix_caching
         )
@@ -115,7 +141,7 @@ class LLMEngine:
             self.blocks, config.role, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.runner = ModelRunner(
-            self.model, cfg, self.pool, self.device, self.dtype, self.max_model_len + 1
+            self.model, cfg, self.pool, self.device, self.dtype, self.max_model_len + 1, self.group
         )
         self.requests: dict[str, Sequence] = {}
         self.held: dict[str, Sequence] = {}
@@ -123,18 +149,43 @@ class LLMEngine:
         self.eos_token_ids = set(cfg.eos_token_ids) | set(self.tokenizer.eos_token_ids)
 
     def _load_model(self) -> LlamaForCausalLM:
+        cfg, shard = self.model_config, self.shard
         with torch.device("meta"):
-            model = LlamaForCausalLM(self.model_config)
+            model = LlamaForCausalLM(cfg, shard, self.group)
         model = model.to(self.dtype).to_empty(device=self.device)
-        if self.model_config.tie_word_embeddings:
+        if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        load_weights(model, self.checkpoint.tensors())
+        select = weight_slices(cfg, shard) if shard.size > 1 else None
+        load_weights(model, self.checkpoint.tensors(select))
         return model.eval()
+
+    def close(self) -> None:
+        """Stop the follower ranks, if any; the engine cannot step afterwards."""
+        if self.followers is not None:
+            followers, self.followers = self.followers, None
+            followers.stop(self.runner)
+
+    @property
+    def kv_shards(self) -> list[KVShard]:
+        """Every rank's KV pool, in rank order, for the KV transfer layer (which runs here)."""
+        shards = [KVShard(0, self.pool.tensor, self.shard.kv_head_start, self.shard.num_kv_heads)]
+        if self.shard.size == 1:
+            return shards
+        if self.followers is None or len(self.followers.pools) != self.shard.size - 1:
+            raise NotImplementedError(
+                "moving KV of a tensor-parallel engine on CUDA needs each rank's pool shared "
+                "with rank 0 through CUDA IPC handles, which pdserve does not implement yet; "
+                "use --role both, or tensor parallelism on CPU"
+            )
+        for rank, tensor in enumerate(self.followers.pools, start=1):
+            shard = TPShard.of(self.model_config, rank, self.shard.size)
+            shards.append(KVShard(rank, tensor, shard.kv_head_start, shard.num_kv_heads))
+        return shards
 
     def _kv_layout(self) -> KVLayout:
         cfg, c = self.model_config, self.config
         shape = dict(
-            num_kv_heads=cfg.num_kv_heads,
+            num_kv_heads=self.shard.num_kv_heads,
             num_layers=cfg.num_layers,
             block_size=c.block_size,
             head_dim=cfg.head_dim,

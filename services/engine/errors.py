@@ -30,3 +30,11 @@ class PromptTooLongError(InvalidRequestError):
 
 class CapacityError(EngineError):
     """The engine cannot take more work now; the caller should retry later or elsewhere."""
+
+
+class ParallelConfigError(EngineError):
+    """The tensor-parallel size does not fit the model's shape or this machine's devices."""
+
+
+class RankFailedError(EngineError):
+    """A tensor-parallel follower rank failed to start or died; the engine cannot compute."""

@@ -9,12 +9,17 @@ contiguous byte ranges of one registered buffer, so the KV layer can send them w
 tensor-parallel rank, which owns a range of KV heads, finds its slice of every block as one
 contiguous sub-range. The price is that a layer's keys are strided in memory; attention reads
 them through views that index whole [heads, block_size, head_dim] tiles, which stay contiguous.
+
+Under tensor parallelism each rank's pool holds that rank's KV heads only, with the same block
+ids everywhere (rank 0's block manager decides). On CPU the followers' pools live in shared
+memory that rank 0 maps too, so rank 0 alone moves every rank's KV to and from other workers.
 """
 
 from __future__ import annotations
 
 import math
 import mmap
+import os
 from dataclasses import dataclass
 
 import torch
@@ -45,21 +50,45 @@ class KVLayout:
         probe = cls(num_blocks=1, **shape)  # type: ignore[arg-type]
         return cls(num_blocks=max(1, memory_bytes // probe.block_bytes), **shape)  # type: ignore[arg-type]
 
+    @property
+    def shape(self) -> tuple[int, int, int, int, int, int]:
+        """The pool tensor's shape."""
+        return (
+            self.num_blocks,
+            self.num_kv_heads,
+            self.num_layers,
+            2,
+            self.block_size,
+            self.head_dim,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_blocks * self.block_bytes
+
+
+@dataclass(frozen=True)
+class KVShard:
+    """One tensor-parallel rank's KV pool as the KV transfer layer sees it: the pool tensor and
+    which of the model's KV heads its blocks hold (one rank holds them all)."""
+
+    rank: int
+    tensor: torch.Tensor
+    kv_head_start: int
+    num_kv_heads: int
+
 
 class KVPool:
-    """Owns the pool tensor and hands out per-layer (key, value) views of it."""
+    """Owns the pool tensor and hands out per-layer (key, value) views of it.
 
-    def __init__(self, layout: KVLayout, device: torch.device):
+    ``tensor`` is memory made elsewhere to use as the pool (a shared-memory mapping)."""
+
+    def __init__(self, layout: KVLayout, device: torch.device, tensor: torch.Tensor | None = None):
         self.layout = layout
-        shape = (
-            layout.num_blocks,
-            layout.num_kv_heads,
-            layout.num_layers,
-            2,
-            layout.block_size,
-            layout.head_dim,
-        )
-        if device.type == "cpu":
+        shape = layout.shape
+        if tensor is not None:
+            self.tensor = tensor.view(shape)
+        elif device.type == "cpu":
             self.tensor = huge_page_tensor(shape, layout.dtype)
         else:
             self.tensor = torch.zeros(shape, dtype=layout.dtype, device=device)
@@ -78,6 +107,29 @@ def huge_page_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor
     """
     nbytes = max(1, math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)
+
+
+def shared_memory_fd(nbytes: int) -> int:
+    """A file descriptor of ``nbytes`` of zeroed shared memory, for a child to inherit.
+
+    Anonymous (memfd): nothing is left in /dev/shm when the processes exit, however they exit.
+    """
+    fd = os.memfd_create("pdserve-kv-pool")
+    os.ftruncate(fd, max(1, nbytes))
+    return fd
+
+
+def shared_memory_tensor(fd: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor over the shared memory behind ``fd`` (made by ``shared_memory_fd``).
+
+    Huge pages are asked for as in ``huge_page_tensor``; for shared memory the kernel grants
+    them only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows.
+    """
+    nbytes = max(1, math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    buf = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         buf.madvise(mmap.MADV_HUGEPAGE)
     return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)

@@ -1,15 +1,24 @@
-"""Tensors in, logits out: turns a step plan into one forward pass over the paged KV pool."""
+"""Tensors in, logits out: turns a step plan into one forward pass over the paged KV pool.
+
+With tensor parallelism every rank has a runner over its own model shard and KV pool: rank 0's
+runner turns the scheduler's chunks into `StepInputs`, sends them to the followers, and all
+ranks run the same forward; rank 0 gets the gathered logits.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from services.engine import step_plan_wire
 from services.engine.attention import AttentionMetadata, PrefillSegment
 from services.engine.config import ModelConfig
+from services.engine.errors import RankFailedError
 from services.engine.kv_cache import KVPool
 from services.engine.model import LlamaForCausalLM
+from services.engine.parallel import TPGroup
 from services.engine.rope import cos_sin_table
 from services.engine.scheduler import ScheduledChunk
+from services.engine.step_plan_wire import StepInputs
 
 
 class ModelRunner:
@@ -21,23 +30,27 @@ class ModelRunner:
         device: torch.device,
         dtype: torch.dtype,
         max_positions: int,
+        group: TPGroup | None = None,
     ):
         self.model = model
         self.pool = pool
         self.device = device
+        self.group = group
+        # Rank 0: True from sending a step until its forward is done. A step that failed in
+        # between leaves the followers inside it, where only killing them ends their wait.
+        self.mid_step = False
         self.block_size = pool.layout.block_size
         cos, sin = cos_sin_table(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_positions)
         self.cos, self.sin = cos.to(device), sin.to(device)  # float32; kernels round
 
-    def prepare(
-        self, chunks: list[ScheduledChunk]
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """Flatten the chunks into token ids, positions, attention metadata and sample rows."""
+    def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
+        """Flatten the chunks into token ids, positions, block tables and sample rows."""
         bs = self.block_size
         ids: list[int] = []
         positions: list[int] = []
         slot_blocks: list[int] = []
-        prefills: list[PrefillSegment] = []
+        segments: list[tuple[int, int, int]] = []
+        prefill_tables: list[torch.Tensor] = []
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         sample_rows: list[int] = []
@@ -53,42 +66,95 @@ class ModelRunner:
                 decode_tables.append(blocks[: (start + bs) // bs])
                 decode_lens.append(start + 1)
             else:
-                table = torch.tensor(blocks[: -(-(start + n) // bs)], dtype=torch.long)
-                prefills.append(PrefillSegment(row, row + n, start, table.to(self.device)))
+                segments.append((row, row + n, start))
+                prefill_tables.append(
+                    torch.tensor(blocks[: -(-(start + n) // bs)], dtype=torch.long)
+                )
             if chunk.samples:
                 sample_rows.append(row + n - 1)
-        pos = torch.tensor(positions, dtype=torch.long)
-        num_prefill = len(ids) - len(decode_lens)
-        tables = mask = lens = None
+        tables = lens = None
         if decode_lens:
             width = max(len(t) for t in decode_tables)
             tables = torch.tensor(
                 [t + [0] * (width - len(t)) for t in decode_tables], dtype=torch.long
             )
             lens = torch.tensor(decode_lens, dtype=torch.long)
+        return StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            slot_blocks=torch.tensor(slot_blocks, dtype=torch.long),
+            prefill_segments=segments,
+            prefill_tables=prefill_tables,
+            decode_tables=tables,
+            decode_lens=lens,
+            sample_rows=sample_rows,
+        )
+
+    def metadata(self, inputs: StepInputs) -> AttentionMetadata:
+        """The attention metadata of a step, on this rank's device."""
+        device, bs = self.device, self.block_size
+        tables = mask = lens = None
+        if inputs.decode_tables is not None and inputs.decode_lens is not None:
+            width = inputs.decode_tables.shape[1]
+            lens = inputs.decode_lens
             mask = (torch.arange(width * bs).unsqueeze(0) < lens.unsqueeze(1))[:, None, None, :]
-            tables, mask, lens = tables.to(self.device), mask.to(self.device), lens.to(self.device)
-        meta = AttentionMetadata(
-            slot_blocks=torch.tensor(slot_blocks, dtype=torch.long, device=self.device),
-            slot_offsets=(pos % bs).to(self.device),
-            prefills=prefills,
-            num_prefill_tokens=num_prefill,
+            tables, mask, lens = inputs.decode_tables.to(device), mask.to(device), lens.to(device)
+        return AttentionMetadata(
+            slot_blocks=inputs.slot_blocks.to(device),
+            slot_offsets=(inputs.positions % bs).to(device),
+            prefills=[
+                PrefillSegment(start, end, context, table.to(device))
+                for (start, end, context), table in zip(
+                    inputs.prefill_segments, inputs.prefill_tables, strict=True
+                )
+            ],
+            num_prefill_tokens=inputs.input_ids.numel() - (0 if lens is None else lens.numel()),
             decode_block_tables=tables,
             decode_context_lens=lens,
             decode_mask=mask,
-        )
-        return (
-            torch.tensor(ids, dtype=torch.long, device=self.device),
-            pos.to(self.device),
-            meta,
-            sample_rows,
         )
 
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Compute the chunks' KV and return float32 logits for the rows that sample."""
-        input_ids, positions, meta, rows = self.prepare(chunks)
-        hidden = self.model(input_ids, (positions, self.cos, self.sin), self.pool.layers, meta)
+        inputs = self.prepare(chunks)
+        if self.group is None:
+            logits = self.execute(inputs)
+        else:
+            self.mid_step = True
+            try:
+                step_plan_wire.send_step(self.group, inputs)
+                logits = self.execute(inputs)
+            except RuntimeError as exc:  # what a collective raises when a peer is gone
+                raise RankFailedError(f"a tensor-parallel rank failed: {exc}") from exc
+            self.mid_step = False
+        assert logits is not None  # rank 0 always gets them
+        return logits
+
+    @torch.inference_mode()
+    def execute(self, inputs: StepInputs) -> torch.Tensor | None:
+        """One forward over this rank's shard; the sampled rows' logits on rank 0, else None."""
+        meta = self.metadata(inputs)
+        positions = inputs.positions.to(self.device)
+        hidden = self.model(
+            inputs.input_ids.to(self.device),
+            (positions, self.cos, self.sin),
+            self.pool.layers,
+            meta,
+        )
+        rows = inputs.sample_rows
         if not rows:
             return torch.empty(0, self.model.config.vocab_size)
-        return self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()
+        logits = self.model.logits(hidden[torch.tensor(rows, device=self.device)])
+        return None if logits is None else logits.cpu()
+
+    def follow(self) -> None:
+        """A follower rank's life: run every step rank 0 sends, until it says stop."""
+        assert self.group is not None
+        while (inputs := step_plan_wire.receive_step(self.group)) is not None:
+            self.execute(inputs)
+
+    def stop_followers(self) -> None:
+        """Rank 0: end the followers' loops (they exit)."""
+        if self.group is not None:
+            step_plan_wire.send_stop(self.group)

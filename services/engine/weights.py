@@ -1,13 +1,19 @@
-"""Putting checkpoint tensors into the model: a plain loop, packing q/k/v and gate/up on the way."""
+"""Putting checkpoint tensors into the model: a plain loop, packing q/k/v and gate/up on the way.
+
+Under tensor parallelism each rank asks the checkpoint for its slice of every tensor only
+(`weight_slices` says which), so no rank reads the whole model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
+from services.engine.config import ModelConfig
 from services.engine.errors import WeightError
 from services.engine.model import LlamaForCausalLM
+from services.engine.parallel import TPShard
 
 # checkpoint name part -> (fused parameter name part, index of the shard inside it)
 PACKED = {
@@ -18,26 +24,61 @@ PACKED = {
     "up_proj": ("gate_up_proj", 1),
 }
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+VOCAB_PARALLEL = ("model.embed_tokens.weight", "lm_head.weight")
+
+# (dimension, start, stop) of a checkpoint tensor, or None for all of it
+Slice = tuple[int, int, int] | None
+SliceOf = Callable[[str], Slice]
+
+
+def weight_slices(cfg: ModelConfig, shard: TPShard) -> SliceOf:
+    """For a checkpoint tensor name, the part of it that ``shard``'s rank holds."""
+    d = cfg.head_dim
+    q = (shard.head_start * d, (shard.head_start + shard.num_heads) * d)
+    kv = (shard.kv_head_start * d, (shard.kv_head_start + shard.num_kv_heads) * d)
+    mlp = (shard.intermediate_start, shard.intermediate_start + shard.intermediate_size)
+    vocab = (shard.vocab_start, shard.vocab_start + shard.vocab_valid)
+
+    def slice_of(name: str) -> Slice:
+        if name in VOCAB_PARALLEL:
+            return (0, *vocab)
+        for part, (dim, (start, stop)) in {
+            ".q_proj.": (0, q),
+            ".k_proj.": (0, kv),
+            ".v_proj.": (0, kv),
+            ".o_proj.": (1, q),
+            ".gate_proj.": (0, mlp),
+            ".up_proj.": (0, mlp),
+            ".down_proj.": (1, mlp),
+        }.items():
+            if part in name:
+                return dim, start, stop
+        return None  # norms: every rank holds all of them
+
+    return slice_of
 
 
 def _shard_range(model: LlamaForCausalLM, fused: str, index: int) -> tuple[int, int]:
-    cfg = model.config
+    cfg, shard = model.config, model.shard
     if fused == "qkv_proj":
-        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        q, kv = shard.num_heads * cfg.head_dim, shard.num_kv_heads * cfg.head_dim
         return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][index]
-    i = cfg.intermediate_size
+    i = shard.intermediate_size
     return [(0, i), (i, 2 * i)][index]
 
 
 @torch.no_grad()
 def load_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Copy every tensor into its parameter; fail on anything missing, extra or misshapen."""
+    """Copy every tensor (this rank's slice of it) into its parameter; fail on anything missing,
+    extra or misshapen."""
     params = dict(model.named_parameters())
+    tied = model.config.tie_word_embeddings
+    vocab_rows = model.shard.vocab_valid  # < the parameter's rows on a padded last rank
     filled: dict[str, int] = {}  # parameter name -> rows (or elements) written
     for name, tensor in tensors:
         if name.endswith(IGNORED_SUFFIXES):
             continue
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+        if name == "lm_head.weight" and tied:
             continue  # tied: the embedding is the head
         target, rows = name, None
         for part, (fused, index) in PACKED.items():
@@ -45,6 +86,8 @@ def load_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Ten
                 target = name.replace(f".{part}.", f".{fused}.")
                 rows = _shard_range(model, fused, index)
                 break
+        if name in VOCAB_PARALLEL:
+            rows = (0, vocab_rows)
         param = params.get(target)
         if param is None:
             raise WeightError(f"checkpoint has an unexpected weight {name!r}")
@@ -57,7 +100,10 @@ def load_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Ten
         dest.copy_(tensor)
         filled[target] = filled.get(target, 0) + (dest.shape[0] if rows else param.shape[0])
     for pname, param in params.items():
-        if pname == "lm_head.weight" and model.config.tie_word_embeddings:
+        if pname == "lm_head.weight" and tied:
             continue
-        if filled.get(pname, 0) != param.shape[0]:
+        expected = vocab_rows if pname in VOCAB_PARALLEL else param.shape[0]
+        if filled.get(pname, 0) != expected:
             raise WeightError(f"checkpoint lacks weight for {pname!r} (or part of it)")
+        if expected < param.shape[0]:
+            param[expected:].zero_()  # vocabulary padding: never looked up, logits cut off
