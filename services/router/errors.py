@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi.responses import JSONResponse
+from services.http_errors import ApiError
 
 # What 429 and 503 answers tell clients to wait: about one registry heartbeat, enough for a
 # restarted worker to register or a busy one to report room again.
 RETRY_AFTER_SECONDS = 1
 
 
-class RouterError(Exception):
-    """Base of every error the router answers with; subclasses fix status and type."""
+class RouterError(ApiError):
+    """Base of every error the router answers with; subclasses fix status, type and code.
+
+    The OpenAI-shaped body and the response come from the shared ApiError.
+    """
 
     status = 500
     type = "internal_error"
     code: str | None = None
 
     def __init__(self, message: str, param: str | None = None, retry_after: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        """The error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        super().__init__(
+            type(self).status, message, param=param, code=type(self).code,
+            retry_after=retry_after,
+        )
 
 
 class InvalidRequest(RouterError):
