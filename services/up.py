@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N colocated (prefill+decode) workers instead of separate pools",
     )
     p.add_argument("--threads", type=_positive, default=1, help="torch threads per worker")
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="split each worker's model over N ranks (processes); default 1",
+    )
     p.add_argument("--kv-backend", choices=("ucx", "tcp"), default="ucx")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument(
@@ -198,6 +205,7 @@ def components(args: argparse.Namespace, redis_url: str, token: str) -> list[Com
             "--host", "127.0.0.1", "--port", "0", "--kv-port", "0",
             "--advertise-host", "127.0.0.1", "--registry", redis_url, "--worker-id", name,
             "--threads", str(args.threads), "--kv-backend", args.kv_backend,
+            "--tensor-parallel-size", str(args.tensor_parallel_size),
             "--dtype", args.dtype, *optional,
         ]  # fmt: skip
         out.append(Component(name, command, env))

@@ -87,7 +87,14 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         help="redis://HOST:PORT/DB, or 'memory' (no discovery); default $PDSERVE_REGISTRY",
     )
     p.add_argument("--worker-id", help="name in the registry (default: ROLE-HOST-PORT)")
-    p.add_argument("--tensor-parallel-size", type=_positive_int, default=1, help="must be 1")
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="split the model over N ranks, one process and one device each (CUDA: N visible "
+        "GPUs; CPU: the ranks share the cores); N must divide the attention heads (default 1)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=_positive_int, help="torch threads (CPU)")
@@ -97,7 +104,7 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         "--kv-cache-memory",
         type=_positive_float,
         metavar="GIB",
-        help="KV pool size in GiB (default: derived from free memory)",
+        help="KV pool size in GiB of each rank (default: derived from free memory)",
     )
     p.add_argument("--max-num-seqs", type=_positive_int, default=256)
     p.add_argument("--max-num-batched-tokens", type=_positive_int, default=4096)
@@ -130,11 +137,6 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
         raise UsageError(
             "--kv-backend ucx needs the ucxx package (pip install 'pdserve[ucx]'); "
             "or use --kv-backend tcp"
-        )
-    if args.tensor_parallel_size != 1:
-        raise UsageError(
-            f"--tensor-parallel-size {args.tensor_parallel_size} is not supported yet: each "
-            "worker runs one engine process; use 1 and scale with more workers"
         )
     return WorkerSettings(
         role=role,

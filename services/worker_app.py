@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kvtransfer import InvalidParams, KVTransferParams
+from kvtransfer import InvalidParams
 from services.client_disconnect import NDJSONResponse, next_or_disconnect
 from services.engine.errors import EngineError
 from services.engine.sequence import FinishReason
@@ -33,6 +33,7 @@ from services.internal_api import (
 )
 from services.internal_auth import InternalAuthMiddleware
 from services.prefill.kv_leases import LeaseGrantError
+from services.sharded_kv_params import ShardedKVParams
 from services.worker_runtime import READY, WorkerRuntime
 
 # nginx's "client closed request": nobody reads this answer, but the access log says why.
@@ -120,7 +121,7 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
         kv_source = body.kv_transfer_params
         if kv_source is not None:
             try:
-                leased = KVTransferParams.from_dict(kv_source)
+                leased = ShardedKVParams.from_dict(kv_source)
             except InvalidParams as exc:
                 raise ApiError(400, str(exc), param="kv_transfer_params") from exc
             if leased.num_tokens != len(body.prompt_token_ids):

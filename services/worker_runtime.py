@@ -61,10 +61,12 @@ class WorkerRuntime:
         self.state = LOADING
         self.failure: str | None = None
         self.started_at = time.time()
+        self.engine: LLMEngine | None = None
         self.engine_loop: EngineLoop | None = None
         self.leases: KVLeases | None = None
         self.puller: KVPuller | None = None
         self.kv_port: int | None = None
+        self.kv_ports: list[int] = []  # every rank's, with tensor parallelism
         self.metrics = WorkerMetrics(settings.role, self.snapshot)
         self._registry: Registry | None = None
         self._heartbeat: Heartbeat | None = None
@@ -80,7 +82,7 @@ class WorkerRuntime:
             if isinstance(self._registry, RedisRegistry):
                 await self._registry.ping()  # fail before a long model load, not after
             t0 = time.perf_counter()
-            engine = await _in_daemon_thread(LLMEngine, s.engine_config())
+            engine = self.engine = await _in_daemon_thread(LLMEngine, s.engine_config())
             load_seconds = time.perf_counter() - t0
             if s.role == "prefill":
                 self.leases = KVLeases(
@@ -107,7 +109,7 @@ class WorkerRuntime:
             self.engine_loop.start()
             if self.leases is not None:
                 await self.leases.start()
-                self.kv_port = self.leases.port
+                self.kv_port, self.kv_ports = self.leases.port, self.leases.ports
             self._heartbeat = Heartbeat(self._registry, self.record, HEARTBEAT_INTERVAL)
             await self._heartbeat.start()
         except asyncio.CancelledError:
@@ -149,6 +151,8 @@ class WorkerRuntime:
             await self.leases.stop()
         if self.engine_loop is not None:
             await self.engine_loop.stop()
+        if self.engine is not None:  # no step runs anymore: the follower ranks may go
+            await asyncio.to_thread(self.engine.close)
         if self.puller is not None:
             await self.puller.close()
         if self._registry is not None:
@@ -282,6 +286,8 @@ class WorkerRuntime:
             "url": self.url,
             "kv_backend": self.settings.kv_backend,
             "kv_port": self.kv_port,
+            "kv_ports": self.kv_ports,
+            "tp_size": self.settings.tensor_parallel_size,
             "load": asdict(self.load()),
             "kv_leases_active": snap.kv_leases_active,
         }

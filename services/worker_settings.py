@@ -60,6 +60,7 @@ class WorkerSettings:
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
     def public_host(self) -> str:
