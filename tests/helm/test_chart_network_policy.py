@@ -128,3 +128,13 @@ def test_metrics_scrapers_reach_worker_http_only_when_listed(render):
 
 def test_policies_can_be_switched_off(render):
     assert render({"networkPolicy": {"enabled": False}}).all("NetworkPolicy") == []
+
+
+def test_every_kv_port_of_a_tensor_parallel_prefill_is_open_to_decode(render):
+    """A TP=4 prefill pod listens on one KV port per rank (8200..8203)."""
+    rendered = render({"prefill": {"tensorParallelSize": 4}})
+    policies, pods = rendered.all("NetworkPolicy"), pods_of(rendered)
+    for port in range(KV, KV + 4):
+        assert allows(policies, pods["decode"], pods["prefill"], port)
+        assert not allows(policies, pods["router"], pods["prefill"], port)
+    assert not allows(policies, pods["decode"], pods["prefill"], KV + 4)
