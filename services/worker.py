@@ -74,7 +74,11 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=8100, help="HTTP port; 0 picks a free one")
     p.add_argument(
-        "--kv-port", type=_port, default=8200, help="KV transfer port (prefill); 0 = any free"
+        "--kv-port",
+        type=_port,
+        default=8200,
+        help="KV transfer port (prefill); with tensor parallelism rank r listens on PORT + r; "
+        "0 = any free",
     )
     p.add_argument(
         "--advertise-host",
@@ -137,6 +141,12 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
         raise UsageError(
             "--kv-backend ucx needs the ucxx package (pip install 'pdserve[ucx]'); "
             "or use --kv-backend tcp"
+        )
+    last_kv_port = args.kv_port + args.tensor_parallel_size - 1
+    if args.kv_port and last_kv_port > 65535:
+        raise UsageError(
+            f"--kv-port {args.kv_port} with --tensor-parallel-size {args.tensor_parallel_size} "
+            f"needs ports up to {last_kv_port}, past 65535; choose a lower --kv-port"
         )
     return WorkerSettings(
         role=role,

@@ -151,13 +151,8 @@ class KVPuller:
         operations = [self._read(read, ranks, reads_of, dst_block_ids) for read in reads]
         await _all(operations)
         # A prefill rank read more than once (or not at all) still holds its lease: end it.
-        await _all(
-            [
-                self._fetchers[0].release(rank, timeout=self._timeout)
-                for index, rank in enumerate(ranks)
-                if reads_of[index] != 1
-            ]
-        )
+        # The KV is here already; a lease that cannot be ended now expires on its own.
+        await self._release_quietly([rank for i, rank in enumerate(ranks) if reads_of[i] != 1])
 
     async def _read(
         self,

@@ -127,7 +127,11 @@ def serve(spec: FollowerSpec) -> int:
         log.exception("rank %d failed to start", spec.rank)
         return 1
     store.set(ready_key(spec.rank), "1")
-    runner.follow()
+    try:
+        runner.follow()
+    except RuntimeError as exc:  # a collective failed: rank 0 (or another rank) went away
+        log.error("rank %d stopped: %s", spec.rank, exc)
+        return 1
     return 0
 
 

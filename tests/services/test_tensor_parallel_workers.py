@@ -154,3 +154,14 @@ def test_stopping_or_killing_a_tp_worker_ends_its_follower_ranks(fleet: Fleet) -
     assert not any(alive(pid) for pid in stopped_followers)
     killed.kill()  # SIGKILL: rank 0 cannot tell its follower anything
     wait_until(lambda: not any(alive(pid) for pid in killed_followers), "the orphaned rank to exit")
+
+
+def test_up_passes_the_tensor_parallel_size_to_every_worker() -> None:
+    from services.up import build_parser, components
+
+    args = build_parser().parse_args(["--tensor-parallel-size", "3", "--prefill", "2"])
+    workers = [c for c in components(args, "redis://127.0.0.1:1/0", "token") if c.name != "router"]
+    assert [c.name for c in workers] == ["prefill-0", "prefill-1", "decode-0"]
+    for worker in workers:
+        flag = worker.command.index("--tensor-parallel-size")
+        assert worker.command[flag + 1] == "3"
