@@ -6,10 +6,11 @@ Under tensor parallelism each rank asks the checkpoint for its slice of every te
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
+from services.engine.checkpoint import SliceOf
 from services.engine.config import ModelConfig
 from services.engine.errors import WeightError
 from services.engine.model import LlamaForCausalLM
@@ -26,10 +27,6 @@ PACKED = {
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 VOCAB_PARALLEL = ("model.embed_tokens.weight", "lm_head.weight")
 
-# (dimension, start, stop) of a checkpoint tensor, or None for all of it
-Slice = tuple[int, int, int] | None
-SliceOf = Callable[[str], Slice]
-
 
 def weight_slices(cfg: ModelConfig, shard: TPShard) -> SliceOf:
     """For a checkpoint tensor name, the part of it that ``shard``'s rank holds."""
@@ -37,23 +34,23 @@ def weight_slices(cfg: ModelConfig, shard: TPShard) -> SliceOf:
     q = (shard.head_start * d, (shard.head_start + shard.num_heads) * d)
     kv = (shard.kv_head_start * d, (shard.kv_head_start + shard.num_kv_heads) * d)
     mlp = (shard.intermediate_start, shard.intermediate_start + shard.intermediate_size)
-    vocab = (shard.vocab_start, shard.vocab_start + shard.vocab_valid)
+    vocab = (0, shard.vocab_start, shard.vocab_start + shard.vocab_valid)
+    # name part -> (dimension, start, stop): output rows of column-parallel projections,
+    # input columns of row-parallel ones.
+    parts = [
+        (".q_proj.", (0, *q)),
+        (".k_proj.", (0, *kv)),
+        (".v_proj.", (0, *kv)),
+        (".o_proj.", (1, *q)),
+        (".gate_proj.", (0, *mlp)),
+        (".up_proj.", (0, *mlp)),
+        (".down_proj.", (1, *mlp)),
+    ]
 
-    def slice_of(name: str) -> Slice:
+    def slice_of(name: str) -> tuple[int, int, int] | None:
         if name in VOCAB_PARALLEL:
-            return (0, *vocab)
-        for part, (dim, (start, stop)) in {
-            ".q_proj.": (0, q),
-            ".k_proj.": (0, kv),
-            ".v_proj.": (0, kv),
-            ".o_proj.": (1, q),
-            ".gate_proj.": (0, mlp),
-            ".up_proj.": (0, mlp),
-            ".down_proj.": (1, mlp),
-        }.items():
-            if part in name:
-                return dim, start, stop
-        return None  # norms: every rank holds all of them
+            return vocab
+        return next((part for key, part in parts if key in name), None)  # None: norms, whole
 
     return slice_of
 
