@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,7 +124,7 @@ class Followers:
         """Block until every follower has loaded its shard; RankFailedError if one cannot."""
         self._wait_for(ready_key, "load its shard")
 
-    def _wait_for(self, key, what: str) -> None:
+    def _wait_for(self, key: Callable[[int], str], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         pending = set(range(1, len(self.procs) + 1))
         while pending:
