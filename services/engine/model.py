@@ -18,6 +18,7 @@ from torch import nn
 from services.engine import kernels
 from services.engine.attention import AttentionMetadata, paged_attention
 from services.engine.config import ModelConfig
+from services.engine.linear import Linear
 from services.engine.parallel import TPGroup, TPShard
 
 Rope = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # positions [T], cos and sin tables
@@ -48,10 +49,10 @@ class Attention(nn.Module):
         )
         self.q_size = shard.num_heads * cfg.head_dim
         self.kv_size = shard.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj = Linear(
             cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = cfg.head_dim**-0.5
         self.group = group
 
@@ -79,8 +80,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, shard: TPShard, group: TPGroup | None):
         super().__init__()
         self.intermediate = shard.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * shard.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(shard.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * shard.intermediate_size, bias=False)
+        self.down_proj = Linear(shard.intermediate_size, cfg.hidden_size, bias=False)
         self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class LlamaForCausalLM(nn.Module):
         self.shard = shard
         self.group = group
         self.model = LlamaModel(cfg, shard, group)
-        self.lm_head = nn.Linear(cfg.hidden_size, shard.vocab_rows, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, shard.vocab_rows, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

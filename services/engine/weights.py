@@ -13,6 +13,7 @@ import torch
 from services.engine.checkpoint import SliceOf
 from services.engine.config import ModelConfig
 from services.engine.errors import WeightError
+from services.engine.linear import Linear
 from services.engine.model import LlamaForCausalLM
 from services.engine.parallel import TPShard
 
@@ -104,3 +105,6 @@ def load_weights(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Ten
             raise WeightError(f"checkpoint lacks weight for {pname!r} (or part of it)")
         if expected < param.shape[0]:
             param[expected:].zero_()  # vocabulary padding: never looked up, logits cut off
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.pack()  # the small-batch copy must see the loaded weights
