@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch threads, as each worker will run (default 1)"
     )
     p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="ranks the engine runs on, as the workers will (default 1)",
+    )
+    p.add_argument(
         "--kv-cache-memory",
         type=float,
         default=1.0,
@@ -147,6 +153,7 @@ def main(argv: list[str]) -> int:
                 max_num_batched_tokens=max(sum(g) for g in PREFILL_GRID),
                 max_num_seqs=256,
                 enable_prefix_caching=False,
+                tensor_parallel_size=args.tensor_parallel_size,
             )
         )
     except (EngineError, ValueError) as e:
@@ -155,14 +162,17 @@ def main(argv: list[str]) -> int:
     total = len(PREFILL_GRID[::2] if args.quick else PREFILL_GRID) + len(DECODE_CONTEXTS) * len(
         DECODE_BATCHES[::2] if args.quick else DECODE_BATCHES
     )
-    with tqdm(total=total, desc="profiling", unit="point", file=sys.stderr) as progress:
-        prefill, decode = measure(engine, args.quick, progress)
+    try:
+        with tqdm(total=total, desc="profiling", unit="point", file=sys.stderr) as progress:
+            prefill, decode = measure(engine, args.quick, progress)
+    finally:
+        engine.close()
     layout = engine.layout
     m = Measurements(
         model=args.name or args.model,
         dtype=args.dtype,
         device=engine.device.type,
-        tp=1,
+        tp=args.tensor_parallel_size,
         threads=args.threads or 0,
         prefill=prefill,
         decode=decode,
@@ -178,7 +188,7 @@ def main(argv: list[str]) -> int:
         return 2
     print(result.summary())
     print(
-        f"wrote {args.out} (model {m.model!r}, tp 1); use it with "
+        f"wrote {args.out} (model {m.model!r}, tp {m.tp}); use it with "
         f"`pdserve plan --latency-model {args.out}`"
     )
     return 0
