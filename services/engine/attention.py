@@ -46,6 +46,10 @@ def write_kv(
     meta: AttentionMetadata,
 ) -> None:
     """Store this step's keys and values [T, kv_heads, head_dim] in their cache slots."""
+    ops = kernels.cpu_ops() if k.device.type == "cpu" else None
+    if ops is not None:
+        ops.write_kv(k_cache, v_cache, k, v, meta.slot_blocks, meta.slot_offsets)
+        return
     k_cache[meta.slot_blocks, :, meta.slot_offsets] = k
     v_cache[meta.slot_blocks, :, meta.slot_offsets] = v
 

@@ -78,3 +78,21 @@ def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype, hkv, hq, d):
         enable_gqa=True,
     ).squeeze(2)
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_write_kv_stores_rows_where_advanced_indexing_would(dtype):
+    from services.engine.attention import AttentionMetadata, write_kv
+
+    g = torch.Generator().manual_seed(2)
+    pool = torch.zeros(12, 3, 2, 2, 16, 64, dtype=dtype)
+    expected = pool.clone()
+    qkv = torch.randn(5, 15 * 64, generator=g).to(dtype)  # [q | k | v] rows, as the model has
+    k = qkv[:, 9 * 64 : 12 * 64].view(5, 3, 64)
+    v = qkv[:, 12 * 64 :].view(5, 3, 64)
+    blocks, offsets = torch.tensor([3, 3, 7, 0, 11]), torch.tensor([0, 1, 15, 4, 9])
+    meta = AttentionMetadata(blocks, offsets, [], 0, None, None, None)
+    write_kv(pool[:, :, 1, 0], pool[:, :, 1, 1], k, v, meta)
+    expected[:, :, 1, 0][blocks, :, offsets] = k
+    expected[:, :, 1, 1][blocks, :, offsets] = v
+    assert torch.equal(pool, expected)

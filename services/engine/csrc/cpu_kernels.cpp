@@ -16,6 +16,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -406,10 +407,41 @@ void decode_attention(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tens
   });
 }
 
+// Store this step's keys and values [T, kv_heads, head_dim] (rows of a wider tensor: strides
+// given) into their cache slots: one call for both instead of two advanced-index writes.
+void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v,
+              at::Tensor slot_blocks, at::Tensor slot_offsets) {
+  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k_cache.stride(3) == 1 &&
+              v_cache.stride(3) == 1, "write_kv: head rows must be contiguous");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type(), "write_kv: dtype mismatch");
+  const int64_t tokens = k.size(0), heads = k.size(1);
+  const int64_t row_bytes = k.size(2) * k.element_size();
+  const int64_t* blocks = slot_blocks.data_ptr<int64_t>();
+  const int64_t* offsets = slot_offsets.data_ptr<int64_t>();
+  auto* kc = static_cast<char*>(k_cache.data_ptr());
+  auto* vc = static_cast<char*>(v_cache.data_ptr());
+  const auto* ks = static_cast<const char*>(k.data_ptr());
+  const auto* vs = static_cast<const char*>(v.data_ptr());
+  const int64_t es = k.element_size();
+  at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t kdst = (blocks[t] * k_cache.stride(0) + h * k_cache.stride(1) +
+                              offsets[t] * k_cache.stride(2)) * es;
+        const int64_t vdst = (blocks[t] * v_cache.stride(0) + h * v_cache.stride(1) +
+                              offsets[t] * v_cache.stride(2)) * es;
+        std::memcpy(kc + kdst, ks + (t * k.stride(0) + h * k.stride(1)) * es, row_bytes);
+        std::memcpy(vc + vdst, vs + (t * v.stride(0) + h * v.stride(1)) * es, row_bytes);
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "out = rms_norm(x) * w");
   m.def("add_rms_norm", &add_rms_norm, "residual += x; x = rms_norm(residual) * w");
   m.def("silu_and_mul", &silu_and_mul, "out = silu(gate) * up");
   m.def("rope", &rope, "rotate-half RoPE in place on the first heads of each row");
   m.def("decode_attention", &decode_attention, "one-token attention over the paged KV pool");
+  m.def("write_kv", &write_kv, "store new keys and values in their cache slots");
 }
