@@ -82,8 +82,34 @@ def find_goodput(url: str, name: str, args, out_dir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def fresh_prompts(path: Path, num: int, seed: int) -> Path:
+    """A ShareGPT-format file of `num` text prompts of exactly INPUT_LEN tokens, cut from the
+    load generator's corpus in a seeded random sentence order. Each client of the cross-check
+    gets its own seed: prompts the server has already seen would be answered from its prefix
+    cache, and whichever client ran second would look faster."""
+    from loadgen.tokenizer import load_tokenizer
+    from loadgen.workload import Lengths, synthetic
+
+    requests = synthetic(
+        num, Lengths(INPUT_LEN), Lengths(OUTPUT_LEN), load_tokenizer(str(export())), seed
+    )
+    rows = [
+        {
+            "id": str(i),
+            "conversations": [
+                {"from": "human", "value": r.prompt},
+                {"from": "gpt", "value": "unused: the output length is given"},
+            ],
+        }
+        for i, r in enumerate(requests)
+    ]
+    path.write_text(json.dumps(rows))
+    return path
+
+
 def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
-    """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back."""
+    """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back, each sending
+    its own fresh text prompts of the same length."""
     ours = out_dir / f"{name}-check-pdserve.json"
     bench(
         "run",
@@ -95,7 +121,15 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
         name,
         "--out",
         str(ours),
-        *workload_args(args.num_prompts),
+        "--dataset",
+        str(fresh_prompts(out_dir / f"{name}-check-pdserve-prompts.json", args.num_prompts, 1000)),
+        "--output-len",
+        str(OUTPUT_LEN),
+        "--num-prompts",
+        str(args.num_prompts),
+        "--seed",
+        "0",
+        "--no-progress",
     )
     theirs = out_dir / f"{name}-check-vllm.json"
     subprocess.run(
@@ -114,13 +148,11 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
             "--tokenizer",
             str(export()),
             "--dataset-name",
-            "random",
-            "--random-input-len",
-            str(INPUT_LEN),
-            "--random-output-len",
+            "sharegpt",
+            "--dataset-path",
+            str(fresh_prompts(out_dir / f"{name}-check-vllm-prompts.json", args.num_prompts, 2000)),
+            "--sharegpt-output-len",
             str(OUTPUT_LEN),
-            "--random-range-ratio",
-            "0",
             "--num-prompts",
             str(args.num_prompts),
             "--request-rate",

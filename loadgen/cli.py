@@ -296,17 +296,18 @@ def _checked_options(args: argparse.Namespace) -> str:
     return dataset_kind(Path(args.dataset))
 
 
-def _requests(args: argparse.Namespace, tokenizer: Tokenizer) -> list[Request]:
+def _requests(
+    args: argparse.Namespace, tokenizer: Tokenizer, seed: int | None = None
+) -> list[Request]:
+    seed = args.seed if seed is None else seed
     if args.dataset != "synthetic":
-        return load_dataset(
-            Path(args.dataset), args.num_prompts, tokenizer, args.seed, args.output_len
-        )
+        return load_dataset(Path(args.dataset), args.num_prompts, tokenizer, seed, args.output_len)
     return synthetic(
         args.num_prompts or DEFAULT_NUM_PROMPTS,
         Lengths(args.input_len, args.input_dist, args.input_spread),
         Lengths(args.output_len or DEFAULT_OUTPUT_LEN, args.output_dist, args.output_spread),
         tokenizer,
-        args.seed,
+        seed,
         token_ids=args.random_token_ids,
         vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
     )
@@ -424,9 +425,15 @@ async def _goodput(
     checked = await _preflight(args)
     requests = _requests(args, tokenizer)
     slo = _slo(args)
+    points = 0
     async with StreamClient(checked.endpoint) as client:
 
         async def run_at(rate: float) -> Summary:
+            # Fresh prompts at every point: with the same ones, a server's prefix cache would
+            # answer every point after the first from cache and its goodput would be inflated.
+            nonlocal points
+            requests = _requests(args, tokenizer, seed=args.seed + points)
+            points += 1
             records, duration = await runner.run(
                 client, requests, times=_send_times(args, requests, rate),
                 progress=not args.no_progress, desc=f"{rate:.3g} req/s",

@@ -13,7 +13,7 @@ import socket
 import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -68,6 +68,7 @@ class Counters:
     in_flight: int = 0
     max_in_flight: int = 0
     last_body: dict[str, Any] | None = None
+    prompts: set[str] = field(default_factory=set)  # distinct prompts, as a prefix cache sees
 
 
 COUNTERS: dict[str, Counters] = defaultdict(Counters)
@@ -127,6 +128,7 @@ async def _stream(send: Send, body: dict[str, Any], chat: bool, arrived: float) 
         return
     counters = COUNTERS[model]
     counters.last_body = body
+    counters.prompts.add(json.dumps(body.get("prompt", body.get("messages"))))
     index = counters.requests
     counters.requests += 1
     counters.in_flight += 1
@@ -213,6 +215,7 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         counters = COUNTERS[path[len("/stats/"):]]
         await _json(send, 200, {"requests": counters.requests,
                                 "max_in_flight": counters.max_in_flight,
+                                "distinct_prompts": len(counters.prompts),
                                 "last_body": counters.last_body})
     else:
         await _error(send, 404, f"no route {method} {path}", "NotFound")

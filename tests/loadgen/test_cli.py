@@ -35,7 +35,9 @@ def test_pdserve_bench_run_writes_a_result_and_plots_it(scripted_url: str, tmp_p
     assert plotted.stdout.split() == [str(tmp_path / "result_latency_cdf.png")]
 
 
-def test_goodput_command_reports_per_gpu(scripted_url: str, tmp_path: Path, capsys) -> None:
+def test_goodput_command_reports_per_gpu(
+    scripted_url: str, stats, tmp_path: Path, capsys
+) -> None:
     # mixed: exactly half of all requests attain these SLOs at any rate, so every rate passes
     # a 40% target and the search stops at --max-rate with a note.
     out = tmp_path / "goodput.json"
@@ -52,6 +54,8 @@ def test_goodput_command_reports_per_gpu(scripted_url: str, tmp_path: Path, caps
     assert "raise --max-rate" in data["note"]
     assert "Goodput per GPU (4 GPUs):         10" in captured.out
     assert "attainment  50.0%  pass" in captured.err
+    # Each point sends prompts the server has not seen, so a prefix cache cannot flatter it.
+    assert stats("mixed/cli")["distinct_prompts"] == 2 * 8 + 1  # and the preflight probe
 
 
 def test_a_trace_runs_at_its_own_pace(scripted_url: str, tmp_path: Path, capsys) -> None:
