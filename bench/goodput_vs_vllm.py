@@ -211,12 +211,10 @@ def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
     if subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode != 0:
         return None
     plan = json.loads(out.read_text())
-    per_gpu = (
-        plan["goodput_per_gpu"]
-        if arrangement == "disaggregated"
-        else plan["colocated_goodput_per_gpu"]
-    )
-    return per_gpu * plan["gpus"]
+    if arrangement == "disaggregated":
+        return plan["capacity"]  # what the whole instances of the plan serve (1 + 1 here)
+    # The planner's colocated baseline is one single-core instance per core.
+    return plan["colocated_goodput_per_gpu"] * plan["gpus"]
 
 
 def main() -> int:
