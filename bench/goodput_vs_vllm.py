@@ -71,6 +71,8 @@ def find_goodput(url: str, name: str, args, out_dir: Path) -> dict:
         "0.9",
         "--start-rate",
         str(args.start_rate),
+        "--min-rate",
+        str(args.min_rate),
         "--tolerance",
         "0.1",
         "--label",
@@ -226,6 +228,12 @@ def main() -> int:
     ap.add_argument("--slo-ttft", type=float, default=0.5)
     ap.add_argument("--slo-tpot", type=float, default=0.04)
     ap.add_argument("--start-rate", type=float, default=2.0)
+    ap.add_argument(
+        "--min-rate",
+        type=float,
+        default=0.125,
+        help="give up below this rate (a point at rate R takes num-prompts / R seconds)",
+    )
     ap.add_argument(
         "--disagg-args",
         default="--prefill 1 --decode 1 --threads 1",
