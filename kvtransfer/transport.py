@@ -21,6 +21,10 @@ from kvtransfer.params import BACKENDS
 class Connection(Protocol):
     """One peer-to-peer connection; one request/reply exchange at a time."""
 
+    # Whether the fetcher may keep it open between fetches: only if a holder waiting on an
+    # idle connection costs nothing (see the ucx backend for one where it does not).
+    reusable: bool
+
     async def send_message(self, message: dict[str, Any]) -> None:
         """Send one control message."""
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import socket
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,3 +340,22 @@ async def test_short_or_corrupt_data_is_detected(behaviour: str, message: str) -
         server.close()
         await server.wait_closed()
     assert untouched_except(pool, [2])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_holder_sleeps_between_fetches(holder: HolderProcess) -> None:
+    # Between fetches a holder must sleep: a prefill worker that spins takes a core from the
+    # engine and the services beside it. (A ucx holder waiting on an idle endpoint spun at
+    # 100% of a core; that backend no longer keeps endpoints between fetches.)
+    pool = sentinel_pool()
+    async with KVFetcher(pool, BLOCK_BYTES, FINGERPRINT, TOKEN, backend=holder.backend) as fetcher:
+        await fetcher.fetch(await holder.grant([1], num_tokens=16), [2])
+        before = _cpu_seconds(holder.proc.pid)
+        await asyncio.sleep(2.0)  # the observation window, not a wait for anything
+        used = _cpu_seconds(holder.proc.pid) - before
+    assert used < 0.5, f"an idle holder used {used:.2f} s of CPU in 2 s"
