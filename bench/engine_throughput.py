@@ -17,10 +17,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child_result import emit, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_PROMPTS, PROMPT_LEN, OUTPUT_LEN, VOCAB = 64, 256, 128, 49152
@@ -139,28 +141,14 @@ def run_vllm(python: str) -> dict:
 
     model = str(export())
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4")
-    proc = subprocess.run(
-        [python, "-c", VLLM_SCRIPT, model],
-        input=json.dumps(prompts()),
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"vLLM run failed:\n{proc.stderr[-3000:]}")
+    return run_child([python, "-c", VLLM_SCRIPT, model], "vLLM run", stdin=json.dumps(prompts()),
+                     env=env)
 
 
-def run_child(system: str, threads: int) -> dict:
+def run_system(system: str, threads: int) -> dict:
     """Run one system in a fresh process so none inherits another's threads or caches."""
     cmd = [sys.executable, __file__, "--child", system, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"{system} run failed:\n{proc.stderr[-3000:]}")
+    return run_child(cmd, f"{system} run")
 
 
 def main() -> int:
@@ -178,7 +166,7 @@ def main() -> int:
         result = (
             run_pdserve(args.threads) if args.child == "pdserve" else run_transformers(args.threads)
         )
-        print("RESULT " + json.dumps(result))
+        emit(result)
         return 0
 
     rows = []
@@ -187,14 +175,14 @@ def main() -> int:
         f"bf16, {args.threads} threads",
         flush=True,
     )
-    ours = run_child("pdserve", args.threads)
+    ours = run_system("pdserve", args.threads)
     rows.append(("pdserve", ours))
     if args.vllm_python:
         print("running vLLM ...", flush=True)
         rows.append(("vllm 0.32 cpu", run_vllm(args.vllm_python)))
     if args.transformers:
         print("running transformers ...", flush=True)
-        rows.append(("transformers", run_child("transformers", args.threads)))
+        rows.append(("transformers", run_system("transformers", args.threads)))
     ours_tps = ours["output_tokens"] / ours["seconds"]
     print(f"\n{'system':<16}{'seconds':>10}{'out tok/s':>12}{'pdserve / it':>14}")
     for name, r in rows:

@@ -34,6 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child_result import emit, run_child  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -191,14 +194,8 @@ def all_reduce_alone(dtype: str, hidden: int, rank: int = 0, port: int = 0) -> d
     return medians
 
 
-def run_child(args: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=False
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"run {args} failed:\n{proc.stderr[-3000:]}")
+def run_in_child(args: list[str]) -> dict:
+    return run_child([sys.executable, __file__, *args], f"run {args}")
 
 
 def main() -> int:
@@ -219,13 +216,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.child is not None:
         result = run_engine(args.model, args.child, args.dtype, args.threads, args.prompt)
-        print("RESULT " + json.dumps(result))
+        emit(result)
         return 0
     if args.all_reduce_peer is not None:
         all_reduce_alone(args.dtype, args.hidden, rank=1, port=args.all_reduce_peer)
         return 0
     if args.all_reduce:
-        print("RESULT " + json.dumps(all_reduce_alone(args.dtype, args.hidden)))
+        emit(all_reduce_alone(args.dtype, args.hidden))
         return 0
 
     print(
@@ -239,7 +236,7 @@ def main() -> int:
         for tp in args.tp:
             print(f"running TP={tp} ...", flush=True)
             common = ["--model", model, "--dtype", args.dtype, "--threads", str(args.threads)]
-            runs[tp] = run_child(["--child", str(tp), *common, "--prompt", str(args.prompt)])
+            runs[tp] = run_in_child(["--child", str(tp), *common, "--prompt", str(args.prompt)])
     rows = [("prefill", f"prefill step, {args.prompt} tokens")] + [
         (f"decode_{b}", f"decode step, batch {b}") for b in DECODE_BATCHES
     ]
@@ -260,7 +257,7 @@ def main() -> int:
                 f"{per_op:.2f} ms each, {2 * per_op:.2f} ms per layer ({layers} layers)"
             )
     hidden = next(iter(runs.values()))["hidden"]
-    alone = run_child(["--all-reduce", "--dtype", args.dtype, "--hidden", str(hidden)])
+    alone = run_in_child(["--all-reduce", "--dtype", args.dtype, "--hidden", str(hidden)])
     print(f"\nall-reduce alone, 2 Gloo ranks on loopback, {args.dtype} [rows, {hidden}]:")
     for rows_, ms in alone.items():
         print(f"  {int(rows_):>4} rows: {ms:.3f} ms each, {2 * ms:.3f} ms per layer")
