@@ -170,7 +170,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
                       "--input-len tokens; without it lengths are estimated for a typical BPE "
                       "vocabulary")
     data.add_argument("--random-token-ids", action="store_true",
-                      help="send prompts as lists of random token ids (completions only)")
+                      help="send prompts as lists of random token ids (completions only; "
+                      "synthetic, or a JSONL trace of input_length rows)")
     data.add_argument("--vocab-size", type=_positive_int, metavar="N",
                       help="id range for --random-token-ids without --tokenizer "
                       f"(default: {DEFAULT_VOCAB_SIZE})")
@@ -291,9 +292,11 @@ def _checked_options(args: argparse.Namespace) -> str:
         Lengths(args.input_len, args.input_dist, args.input_spread)
         Lengths(args.output_len or DEFAULT_OUTPUT_LEN, args.output_dist, args.output_spread)
         return "synthetic"
-    if args.random_token_ids:
-        raise UsageError("--random-token-ids works with --dataset synthetic only")
-    return dataset_kind(Path(args.dataset))
+    kind = dataset_kind(Path(args.dataset))
+    if args.random_token_ids and kind != "trace":
+        raise UsageError("--random-token-ids works with --dataset synthetic or a JSONL trace "
+                         "of input_length rows, not a ShareGPT file")
+    return kind
 
 
 def _requests(
@@ -301,7 +304,9 @@ def _requests(
 ) -> list[Request]:
     seed = args.seed if seed is None else seed
     if args.dataset != "synthetic":
-        return load_dataset(Path(args.dataset), args.num_prompts, tokenizer, seed, args.output_len)
+        return load_dataset(Path(args.dataset), args.num_prompts, tokenizer, seed, args.output_len,
+                            token_ids=args.random_token_ids,
+                            vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE)
     return synthetic(
         args.num_prompts or DEFAULT_NUM_PROMPTS,
         Lengths(args.input_len, args.input_dist, args.input_spread),

@@ -158,10 +158,13 @@ def trace(
     tokenizer: Tokenizer,
     seed: int,
     output_len: int | None = None,
+    *,
+    token_ids: bool = False,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> list[Request]:
     """Requests from a JSONL trace, one object a line: `timestamp` (s) or `timestamp_ms`,
-    `prompt` (text) or `input_length` (tokens of corpus text), and `output_length`."""
+    `prompt` (text) or `input_length` (tokens of corpus text, or random token ids if asked),
+    and `output_length`."""
     maker = PromptMaker(tokenizer, np.random.default_rng(seed), vocab_size)
     rows: list[tuple[float, str | int, int]] = []
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -181,6 +184,8 @@ def trace(
             raise WorkloadError(f"{where}: timestamp must be a number, output_length >= 1")
         if not (isinstance(prompt, str) or (isinstance(prompt, int) and prompt >= 1)):
             raise WorkloadError(f"{where}: prompt must be text, input_length an int >= 1")
+        if token_ids and isinstance(prompt, str):
+            raise WorkloadError(f"{where}: random token ids need input_length, not prompt text")
         seconds = stamp / 1000 if "timestamp" not in row else stamp
         rows.append((float(seconds), prompt, n_out))
     if not rows:
@@ -193,7 +198,7 @@ def trace(
         if isinstance(prompt, str):
             text, n_in = prompt, max(1, tokenizer.count(prompt))
         else:
-            text, n_in = maker.text(prompt), prompt
+            text, n_in = (maker.token_ids(prompt) if token_ids else maker.text(prompt)), prompt
         requests.append(Request(text, n_in, n_out, seconds - start))
     return requests
 
@@ -218,8 +223,13 @@ def load_dataset(
     tokenizer: Tokenizer,
     seed: int,
     output_len: int | None = None,
+    *,
+    token_ids: bool = False,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
 ) -> list[Request]:
-    """The requests of a ShareGPT file or a JSONL trace."""
+    """The requests of a ShareGPT file or a JSONL trace (only a trace's lengths can be sent as
+    random token ids)."""
     if dataset_kind(path) == "sharegpt":
         return sharegpt(path, num, tokenizer, seed, output_len)
-    return trace(path, num, tokenizer, seed, output_len)
+    return trace(path, num, tokenizer, seed, output_len, token_ids=token_ids,
+                 vocab_size=vocab_size)

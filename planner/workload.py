@@ -11,8 +11,11 @@
   {"from": "gpt", "value": ...}, ...]}`. The first human turn is the prompt and the answer that
   follows it gives the output length. Tokens are counted with `--tokenizer tokenizer.json` when
   given, else approximated as characters / 4 (English text under GPT-style BPE).
-- a JSONL trace, one request per line: `{"timestamp": SECONDS, "input_len": N, "output_len": N}`.
-  The trace's relative arrival times are replayed, stretched or compressed to the rate asked for.
+- a JSONL trace in the load generator's format, one request per line: `{"timestamp": SECONDS,
+  "input_length": N, "output_length": N}` (`timestamp_ms` for milliseconds, `prompt` text instead
+  of `input_length`, and `input_len`/`output_len` are accepted too). The trace's relative arrival
+  times are replayed, stretched or compressed to the rate asked for: the same file drives
+  `pdserve bench run --dataset` and the planner.
 
 Requests longer than the model's context (prompt + output) are dropped from datasets and redrawn
 for synthetic specs, as DistServe's preprocessing does.
@@ -196,25 +199,45 @@ def _parse_sharegpt(path: Path, data: object, tokenizer_path: str | None) -> Wor
     return Workload(description=str(path), pool=pool)
 
 
-def _parse_trace(path: Path, text: str) -> Workload:
-    rows: list[tuple[float, int, int]] = []
+def _trace_value(row: dict, names: tuple[str, ...]) -> object:
+    for name in names:
+        if name in row:
+            return row[name]
+    raise KeyError(" or ".join(names))
+
+
+def _parse_trace(path: Path, text: str, tokenizer_path: str | None) -> Workload:
+    """The load generator's trace format; `input_len`/`output_len` are accepted as well."""
+    rows: list[tuple[float, int | str, int]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            rows.append((float(row["timestamp"]), int(row["input_len"]), int(row["output_len"])))
+            if not isinstance(row, dict):
+                raise TypeError("not a JSON object")
+            seconds = float(_trace_value(row, ("timestamp", "timestamp_ms")))
+            if "timestamp" not in row:
+                seconds /= 1000
+            prompt = _trace_value(row, ("input_length", "input_len", "prompt"))
+            prompt = prompt if isinstance(prompt, str) else int(prompt)
+            output = int(_trace_value(row, ("output_length", "output_len")))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise WorkloadError(
-                f"{path}:{number}: expected {{\"timestamp\", \"input_len\", \"output_len\"}} "
-                f"({exc})"
+                f"{path}:{number}: expected {{\"timestamp\" (or \"timestamp_ms\"), "
+                f"\"input_length\" (or \"prompt\"), \"output_length\"}} ({exc})"
             ) from exc
-        if rows[-1][1] < 1 or rows[-1][2] < 1:
+        if (isinstance(prompt, int) and prompt < 1) or output < 1:
             raise WorkloadError(f"{path}:{number}: lengths must be at least 1")
+        rows.append((seconds, prompt, output))
     if not rows:
         raise WorkloadError(f"{path}: the trace is empty")
-    rows.sort()
-    return Workload(description=str(path), pool=tuple((p, o) for _, p, o in rows),
+    rows.sort(key=lambda r: r[0])
+    texts = [p for _, p, _ in rows if isinstance(p, str)]
+    counted = iter(_token_counter(tokenizer_path)(texts) if texts else [])
+    prompts = [p if isinstance(p, int) else next(counted) for _, p, _ in rows]
+    return Workload(description=str(path),
+                    pool=tuple(zip(prompts, (o for _, _, o in rows), strict=True)),
                     timestamps=tuple(t for t, _, _ in rows))
 
 
@@ -239,5 +262,5 @@ def load_workload(spec: str, tokenizer_path: str | None = None) -> Workload:
             raise WorkloadError(f"{path}: not valid JSON: {exc}") from exc
         return _parse_sharegpt(path, data, tokenizer_path)
     if stripped.startswith("{"):
-        return _parse_trace(path, text)
+        return _parse_trace(path, text, tokenizer_path)
     raise WorkloadError(f"{path}: neither a ShareGPT JSON list nor a JSONL trace")

@@ -99,6 +99,18 @@ def test_random_token_ids(scripted_url: str, stats, capsys) -> None:
     assert len(prompt) == 32 and all(0 <= i < 100 for i in prompt)
 
 
+def test_random_token_ids_from_a_trace_keep_its_lengths(scripted_url: str, stats, capsys,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 24, "output_length": 2}\n'
+                    '{"timestamp": 0.01, "input_length": 24, "output_length": 2}\n')
+    code = main(["run", "--url", scripted_url, "--model", "steady/trace-ids", "--dataset",
+                 str(path), "--random-token-ids", "--vocab-size", "50", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    prompt = stats("steady/trace-ids")["last_body"]["prompt"]
+    assert len(prompt) == 24 and all(0 <= i < 50 for i in prompt)
+
+
 def test_a_server_rejecting_ignore_eos_is_noted(scripted_url: str, capsys) -> None:
     code = main(["run", "--url", scripted_url, "--model", "strict", "--rate", "inf",
                  "--num-prompts", "2", "--output-len", "2", "--no-progress"])
@@ -138,6 +150,8 @@ BAD_INPUT = [
     (["run", "--url", "URL", "--rate", "1", "--endpoint", "chat", "--random-token-ids"],
      "--random-token-ids needs --endpoint completions"),
     (["run", "--url", "URL", "--rate", "1", "--cv", "2"], "--cv sets the burstiness"),
+    (["run", "--url", "URL", "--dataset", "SHAREGPT", "--random-token-ids"],
+     "--random-token-ids works with --dataset synthetic or a JSONL trace"),
     (["run", "--url", "URL", "--rate", "1", "--extra-body", "[1]"], "must be a JSON object"),
     (["run", "--url", "URL", "--rate", "1", "--tokenizer", "/no/tok"], "no tokenizer at"),
     (["run", "--url", "URL", "--rate", "1", "--input-dist", "uniform", "--input-spread", "1.5"],
@@ -150,8 +164,11 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("argv", "message"), BAD_INPUT)
 def test_bad_input_gets_one_clear_line(argv: list[str], message: str, scripted_url: str,
                                        free_url: str, tmp_path: Path, capsys) -> None:
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text('[{"conversations": [{"from": "human", "value": "Hi?"}, '
+                        '{"from": "gpt", "value": "Hello."}]}]')
     argv = [a.replace("URL", scripted_url).replace("FREE", free_url).replace("TMP", str(tmp_path))
-            for a in argv]
+            .replace("SHAREGPT", str(sharegpt)) for a in argv]
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0

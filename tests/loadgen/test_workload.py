@@ -126,6 +126,19 @@ def test_trace_keeps_its_timing_from_zero(tmp_path: Path) -> None:
     assert len(trace(path, 2, APPROX, 0)) == 2
 
 
+def test_trace_lengths_as_random_token_ids(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 30, "output_length": 4}\n'
+                    '{"timestamp": 0.5, "input_length": 12, "output_length": 2}\n')
+    requests = trace(path, None, APPROX, 0, token_ids=True, vocab_size=200)
+    assert [len(r.prompt) for r in requests] == [30, 12] == [r.prompt_len for r in requests]
+    assert all(0 <= i < 200 for r in requests for i in r.prompt)
+    assert [r.arrival for r in requests] == [0.0, 0.5]
+    path.write_text('{"timestamp": 0, "prompt": "some text", "output_length": 4}\n')
+    with pytest.raises(WorkloadError, match="trace.jsonl:1: random token ids need input_length"):
+        trace(path, None, APPROX, 0, token_ids=True)
+
+
 def test_trace_in_milliseconds(tmp_path: Path) -> None:
     path = tmp_path / "trace.jsonl"
     path.write_text('{"timestamp_ms": 1000, "input_length": 5, "output_length": 2}\n'

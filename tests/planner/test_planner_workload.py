@@ -88,6 +88,18 @@ def test_trace_replays_arrivals_scaled_to_mean_one(tmp_path):
     assert longer.prompt_lens[6:12] == sample.prompt_lens
 
 
+def test_the_load_generators_trace_format_is_read(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    path.write_text('{"timestamp_ms": 2000, "input_length": 30, "output_length": 4}\n'
+                    '{"timestamp_ms": 500, "prompt": "one two three four five six seven eight", '
+                    '"output_length": 2}\n'
+                    '{"timestamp_ms": 1000, "input_len": 12, "output_len": 3}\n')
+    sample = load_workload(str(path)).sample(3, 0, 4096)
+    assert sample.prompt_lens == [10, 12, 30]  # the text counted as characters / 4
+    assert sample.output_lens == [2, 3, 4]
+    assert sample.unit_gaps == pytest.approx([0.0, 2 / 3, 4 / 3])  # gaps 0.5 s, 1 s; mean 0.75
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("synthetic:in=100", "needs in=MEAN and out=MEAN"),
     ("synthetic:in=100,out=10,dist=zipf", "unknown length distribution"),
