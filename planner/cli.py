@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,7 +34,7 @@ from planner.report import explain, plan_json, table
 from planner.roofline import Calibration, RooflineLatencyModel
 from planner.search import SearchSettings, predict, search
 from planner.worker import Context
-from planner.workload import load_workload
+from planner.workload import Workload, load_workload
 
 DISTSERVE_GPU = "a100-80g-sxm"
 DEFAULT_REQUESTS = 400
@@ -48,7 +50,8 @@ examples:
 workloads: synthetic:in=MEAN,out=MEAN[,dist=lognormal|fixed][,cv=C][,in_cv=C][,out_cv=C]
   (lengths in tokens; lognormal by default with cv 0.5), a ShareGPT-format JSON file (first
   human turn as prompt, the answer's length as output), or a JSONL trace with one
-  {"timestamp": S, "input_len": N, "output_len": N} per line.
+  {"timestamp": S, "input_length": N, "output_length": N} per line (the load
+  generator's trace format; input_len/output_len are read too).
 
 goodput: the highest request rate at which --attainment of requests meet the TTFT target
 (prefill) and the TPOT target (decode), from a discrete-event simulation of pdserve's engine;
@@ -165,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--tokenizer", help="tokenizer.json to count ShareGPT tokens (default: "
                      "characters / 4)")
     how.add_argument("--predict-at", type=_rates, metavar="R1,R2,...",
-                     help="also simulate the best plan at these total rates (req/s)")
+                     help="also simulate the best plan at these total rates (req/s); with a "
+                          "trace workload, the trace is sent once, rescaled to each rate, as "
+                          "`pdserve bench run --dataset TRACE --rate R` sends it")
     engine = parser.add_argument_group("engine (pdserve worker flags of the same names; "
                                        "defaults are the engine's)")
     engine.add_argument("--block-size", type=int, default=16, help="KV tokens per block")
@@ -278,21 +283,40 @@ def run(args: argparse.Namespace, command: str) -> int:
     print(table(result))
     print()
     print(explain(result, slo, args.rate))
+    predictions = []
     if args.predict_at:
         print()
-        print("predicted for the best plan:")
+        if workload.is_trace:
+            # The trace once, in order, as `pdserve bench run --dataset TRACE` sends it.
+            once = workload.sample(len(workload.pool), args.seed, model.max_context)
+            context = replace(context, sample=Sample(once.prompt_lens, once.output_lens,
+                                                     once.unit_gaps or []))
+            print(f"predicted for the best plan, the trace's {len(once)} requests sent once "
+                  f"(its own pace is {_trace_rate(workload):.4g} req/s):")
+        else:
+            print("predicted for the best plan:")
         for rate in args.predict_at:
-            p = predict(context, result.best, rate)
+            p = predict(context, result.best, rate, once=workload.is_trace)
+            predictions.append(p.to_json())
             print(f"  at {rate:g} req/s: {p.attainment:.1%} meet both SLOs, p90 TTFT "
                   f"{p.ttft_p90:.3f} s, p90 TPOT {p.tpot_p90:.3f} s")
     if args.json is not None:
         data = plan_json(result, model, cluster, slo, limits, args.workload, args.rate, command)
+        if predictions:
+            data["predicted_at"] = predictions
         _write(args.json, json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.out is not None:
         _write(args.out, render_values(result, model, command, slo_line))
         print(f"wrote {args.out}")
     return 0
+
+
+def _trace_rate(workload: Workload) -> float:
+    """A trace's own mean rate: requests per second between its first and last arrival."""
+    stamps = workload.timestamps
+    span = stamps[-1] - stamps[0]
+    return (len(stamps) - 1) / span if span > 0 else math.inf
 
 
 def _write(path: Path, text: str) -> None:

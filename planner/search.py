@@ -189,8 +189,13 @@ def _unreachable(outcomes: list[PhaseOutcome], phase: str) -> str:
     return f"the closest, {closest.task.label()}: {closest.reason}"
 
 
-def predict(context: Context, plan: Plan, rate: float) -> Prediction:
-    """Simulate the whole deployment at `rate` requests/s."""
+def predict(context: Context, plan: Plan, rate: float, *, once: bool = False) -> Prediction:
+    """Simulate the whole deployment at `rate` requests/s.
+
+    The sample is repeated until a decode batch could fill several times over (so a rate the
+    deployment only survives for a while does not pass), unless `once`: then it runs exactly as
+    given, which is what a load generator sending the same trace measures.
+    """
     limits, kv = context.limits, context.model.kv_bytes_per_token
     cluster = context.cluster
 
@@ -206,7 +211,7 @@ def predict(context: Context, plan: Plan, rate: float) -> Prediction:
     decoding = [plan.colocated] if plan.kind == "colocated" else [plan.decode]
     concurrency = sum(max_concurrency(r.kv_capacity_tokens, context.sample, limits) * r.replicas
                       for r in decoding if r is not None)
-    sample = long_enough(context.sample, concurrency)
+    sample = context.sample if once else long_enough(context.sample, concurrency)
     if plan.kind == "colocated":
         first, second = specs(plan.colocated, "colocated"), []
     else:

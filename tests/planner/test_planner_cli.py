@@ -72,9 +72,9 @@ def test_malformed_flags_exit_through_argparse(capsys):
     assert "--ttft: must be positive" in capsys.readouterr().err
 
 
-def test_profile_from_pdserve_profile_plans_a_cpu_deployment(tmp_path, capsys):
-    # What `pdserve profile` would write for a slow CPU engine: 0.5 ms per prompt token,
-    # 30 ms per decode step, a 60,000-token KV pool.
+def _cpu_profile(tmp_path: Path) -> Path:
+    """What `pdserve profile` would write for a slow CPU engine: 0.5 ms per prompt token,
+    30 ms per decode step, a 60,000-token KV pool."""
     truth = FittedTiming(Coefficients((5.0, 0.5, 1e-5), (30.0, 0.001, 2.0),
                                       (30.0, 0.001, 2.0), 95), 1)
     rng = np.random.default_rng(0)
@@ -85,6 +85,11 @@ def test_profile_from_pdserve_profile_plans_a_cpu_deployment(tmp_path, capsys):
     measurements = Measurements("smollm2", "bfloat16", "cpu", 1, 1, prefill, decode, 60000)
     profile = tmp_path / "cpu-profile.json"
     write_profile(profile, measurements, fit(measurements))
+    return profile
+
+
+def test_profile_from_pdserve_profile_plans_a_cpu_deployment(tmp_path, capsys):
+    profile = _cpu_profile(tmp_path)
     status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "2",
                    "--workload", "synthetic:in=200,out=50", "--ttft", "2", "--tpot", "0.2",
                    "--latency-model", str(profile), "--predict-at", "0.5,4,30", *QUICK,
@@ -110,3 +115,23 @@ def test_pdserve_dispatches_plan():
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr and "unknown GPU 'tpu-v5'" in failed.stderr
+
+
+def test_a_trace_is_predicted_as_sent_once(tmp_path, capsys):
+    # The load generator's trace format; 25 requests, so a once-through prediction's
+    # attainment is a whole number of 25ths.
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 0.37 * i * (1 + i % 3), "input_length": 200,
+                                         "output_length": 50}) + "\n" for i in range(25)))
+    status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "2",
+                   "--workload", str(trace), "--ttft", "2", "--tpot", "0.2",
+                   "--latency-model", str(_cpu_profile(tmp_path)), "--predict-at", "0.5,40",
+                   *QUICK, "--json", str(tmp_path / "plan.json")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "the trace's 25 requests sent once" in out
+    predicted = json.loads((tmp_path / "plan.json").read_text())["predicted_at"]
+    assert [p["rate"] for p in predicted] == [0.5, 40]
+    assert predicted[0]["attainment"] == 1.0  # far apart: every request alone
+    assert predicted[1]["attainment"] < 1.0  # squeezed 80-fold: prompts queue
+    assert all(abs(p["attainment"] * 25 - round(p["attainment"] * 25)) < 1e-9 for p in predicted)
