@@ -115,8 +115,10 @@ def fit(measurements: Measurements, threshold: int | None = None) -> FitResult:
                      _error(decode_errors))
 
 
-def profile_entry(measurements: Measurements, result: FitResult) -> dict:
-    """One tensor-parallel degree's entry in a profile file: coefficients plus provenance."""
+def profile_entry(measurements: Measurements, result: FitResult,
+                  extra: dict | None = None) -> dict:
+    """One tensor-parallel degree's entry in a profile file: coefficients plus provenance
+    (and `extra` keys, such as how the decode rows were measured)."""
     entry = result.coefficients.to_json()
     if measurements.kv_capacity_tokens is not None:
         entry["kv_capacity_tokens"] = measurements.kv_capacity_tokens
@@ -126,14 +128,16 @@ def profile_entry(measurements: Measurements, result: FitResult) -> dict:
     entry["threads"] = measurements.threads
     entry["fit_error"] = {"prefill": result.prefill_error.to_json(),
                           "decode": result.decode_error.to_json()}
+    entry.update(extra or {})
     return entry
 
 
-def write_profile(path: Path, measurements: Measurements, result: FitResult) -> None:
+def write_profile(path: Path, measurements: Measurements, result: FitResult,
+                  extra: dict | None = None) -> None:
     """Add (or replace) this model and tp's entry in the profile at `path`, creating it."""
     data = read_profile_file(path) if path.exists() else {}
     data.setdefault(measurements.model, {})[str(measurements.tp)] = profile_entry(
-        measurements, result)
+        measurements, result, extra)
     try:
         path.write_text(json.dumps(data, indent=2) + "\n")
     except OSError as exc:

@@ -10,6 +10,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from services.serving_profile import (
+    ServingProfileError,
+    first_token_overhead_ms,
+    measure_serving,
+    serving_steps,
+)
+
 # (prompt lengths of one prefill step), chosen to span the sum and the sum of squares.
 PREFILL_GRID = [
     [16],
@@ -70,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--measurements", type=Path, default=None, help="also save the raw step timings here"
     )
     p.add_argument("--quick", action="store_true", help="a smaller grid (about a third)")
+    p.add_argument(
+        "--serving",
+        metavar="URL",
+        help="also load a running deployment of the planned shape at URL (e.g. `pdserve up "
+        "--prefill 1 --decode 1` with the same --threads) at a few concurrencies and fit the "
+        "decode coefficients to its time per output token, and add its first-token overhead "
+        "to prefill: what streaming, KV pulls and processes sharing the host cost in service",
+    )
+    p.add_argument(
+        "--serving-model", metavar="NAME", help="model name to request (default: the first "
+        "the server lists)"
+    )
     return p
 
 
@@ -130,6 +149,33 @@ def measure(engine, quick: bool, progress) -> tuple[list, list]:
     return prefill_rows, decode_rows
 
 
+def _fit_serving(m, engine_fit, points, url: str):
+    """Decode coefficients from the deployment's time per token; prefill from the engine plus
+    the service's first-token overhead. Returns the fit and the profile entry's extra keys."""
+    from dataclasses import replace
+
+    from planner.fit import fit
+    from planner.fitted_profile import FittedTiming
+
+    served = fit(replace(m, decode=[p.decode_row() for p in points]))
+    engine_timing = FittedTiming(engine_fit.coefficients, 1)
+    overhead = first_token_overhead_ms(points, engine_timing.prefill_ms)
+    a, b, c = engine_fit.coefficients.prefill
+    coefficients = replace(served.coefficients, prefill=(a + overhead, b, c))
+    result = replace(served, coefficients=coefficients, prefill_error=engine_fit.prefill_error)
+    extra = {
+        "source": "pdserve profile --serving",
+        "serving": {
+            "url": url,
+            "first_token_overhead_ms": overhead,
+            "points": [p.to_json() for p in points],
+            "engine_only": engine_fit.coefficients.to_json(),
+            "engine_only_decode_fit_error": engine_fit.decode_error.to_json(),
+        },
+    }
+    return result, extra
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
@@ -162,9 +208,18 @@ def main(argv: list[str]) -> int:
     total = len(PREFILL_GRID[::2] if args.quick else PREFILL_GRID) + len(DECODE_CONTEXTS) * len(
         DECODE_BATCHES[::2] if args.quick else DECODE_BATCHES
     )
+    if args.serving:
+        total += serving_steps(args.quick)
+    points = []
     try:
         with tqdm(total=total, desc="profiling", unit="point", file=sys.stderr) as progress:
             prefill, decode = measure(engine, args.quick, progress)
+            if args.serving:
+                points = measure_serving(args.serving, args.serving_model,
+                                         engine.model_config.vocab_size, args.quick, progress)
+    except ServingProfileError as e:
+        print(f"pdserve profile: {e}", file=sys.stderr)
+        return 2
     finally:
         engine.close()
     layout = engine.layout
@@ -182,11 +237,21 @@ def main(argv: list[str]) -> int:
         if args.measurements:
             m.save(args.measurements)
         result = fit(m)
-        write_profile(args.out, m, result)
+        extra = None
+        if points:
+            result, extra = _fit_serving(m, result, points, args.serving)
+        write_profile(args.out, m, result, extra)
     except (PlannerError, OSError) as e:
         print(f"pdserve profile: {e}", file=sys.stderr)
         return 2
     print(result.summary())
+    if extra:
+        serving = extra["serving"]
+        print(f"in service at {args.serving}: decode fitted to {len(points)} points "
+              f"(time per output token at concurrency "
+              f"{', '.join(str(c) for c in sorted({p.concurrency for p in points}))}); "
+              f"first-token overhead {serving['first_token_overhead_ms']:.1f} ms added to "
+              f"prefill")
     print(
         f"wrote {args.out} (model {m.model!r}, tp {m.tp}); use it with "
         f"`pdserve plan --latency-model {args.out}`"

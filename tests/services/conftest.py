@@ -15,6 +15,9 @@ import pytest  # noqa: E402
 from services.engine.llm import LLM  # noqa: E402
 from services.registry import EmbeddedRedis  # noqa: E402
 
+# The load generator's scripted OpenAI server stands in for a deployment in the profile tests.
+from tests.loadgen.conftest import free_url, scripted_url  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:

@@ -1,0 +1,105 @@
+"""Decode time per token, and the first token's overhead, as a running deployment serves them.
+
+The engine profile times steps on an otherwise idle machine. In service the same decode step
+also pays for streaming every token through the router, pulling the KV of newly prefilled
+requests, and sharing the host with the prefill worker, the router and the clients: on the
+2-core development machine that added 4 to 6 ms (15 to 20%) to a 25 to 30 ms step at one
+thread, enough to move SLO attainment at a 40 ms TPOT target by 20 points or more.
+
+`pdserve profile --serving URL` measures it on a deployment of the shape being planned
+(`pdserve up --prefill 1 --decode 1`, say): closed-loop load from the load generator at a few
+concurrencies and two prompt lengths, random token ids so no prompt hits the prefix cache. Each
+point's median time per output token becomes one decode row (batch = the concurrency, context
+= its sequences' mean length while decoding), which the planner's decode coefficients are then
+fitted to. The median TTFT at concurrency 1 minus the engine's prefill time of that prompt is
+what the service adds to a first token (routing, the lease, the first streamed chunk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.measurements import DecodeRow
+
+CONCURRENCY = (1, 2, 4, 8)
+QUICK_CONCURRENCY = (1, 2, 4)
+PROMPT_LENS = (128, 512)
+OUTPUT_LEN = 64
+ROUNDS = 3  # requests per point: ROUNDS x concurrency
+
+
+class ServingProfileError(Exception):
+    """The deployment could not be measured (unreachable, failed requests, bad answers)."""
+
+
+@dataclass(frozen=True)
+class ServingPoint:
+    concurrency: int
+    prompt_len: int
+    tpot_ms: float  # median time per output token
+    ttft_ms: float  # median time to first token
+
+    def decode_row(self) -> DecodeRow:
+        # While decoding, a sequence holds its prompt plus on average half its output.
+        context = self.concurrency * (self.prompt_len + OUTPUT_LEN // 2)
+        return DecodeRow(self.concurrency, context, self.tpot_ms)
+
+    def to_json(self) -> dict:
+        return {"concurrency": self.concurrency, "prompt_len": self.prompt_len,
+                "tpot_ms": self.tpot_ms, "ttft_ms": self.ttft_ms}
+
+
+def measure_serving(url: str, model: str | None, vocab_size: int, quick: bool,
+                    progress) -> list[ServingPoint]:
+    """One closed-loop run per (prompt length, concurrency) against `url`."""
+    from loadgen.cli import main as bench_main
+
+    points = []
+    concurrencies = QUICK_CONCURRENCY if quick else CONCURRENCY
+    with tempfile.TemporaryDirectory() as tmp:
+        for prompt_len in PROMPT_LENS:
+            for concurrency in concurrencies:
+                out = Path(tmp) / f"c{concurrency}-p{prompt_len}.json"
+                argv = ["run", "--url", url, "--concurrency", str(concurrency),
+                        "--num-prompts", str(ROUNDS * concurrency),
+                        "--input-len", str(prompt_len), "--output-len", str(OUTPUT_LEN),
+                        "--random-token-ids", "--vocab-size", str(vocab_size),
+                        "--seed", str(len(points) + 1), "--out", str(out), "--no-progress"]
+                if model:
+                    argv += ["--model", model]
+                errors = io.StringIO()
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+                    code = bench_main(argv)
+                if code != 0:
+                    raise ServingProfileError(f"measuring {url}: {errors.getvalue().strip()}")
+                points.append(_point(json.loads(out.read_text()), concurrency, prompt_len, url))
+                progress.update(1)
+    return points
+
+
+def _point(result: dict, concurrency: int, prompt_len: int, url: str) -> ServingPoint:
+    if result["failed"]:
+        raise ServingProfileError(f"{url}: {result['failed']} of {result['num_prompts']} "
+                                  f"requests failed at concurrency {concurrency} "
+                                  f"({result['error_counts']})")
+    return ServingPoint(concurrency, prompt_len, result["median_tpot_ms"],
+                        result["median_ttft_ms"])
+
+
+def first_token_overhead_ms(points: list[ServingPoint], prefill_ms) -> float:
+    """Median over the concurrency-1 points of TTFT minus the engine's prefill time."""
+    alone = [p for p in points if p.concurrency == 1]
+    if not alone:
+        return 0.0
+    extra = [p.ttft_ms - prefill_ms(p.prompt_len, p.prompt_len ** 2) for p in alone]
+    return max(0.0, statistics.median(extra))
+
+
+def serving_steps(quick: bool) -> int:
+    return len(PROMPT_LENS) * len(QUICK_CONCURRENCY if quick else CONCURRENCY)
