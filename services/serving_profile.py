@@ -2,9 +2,10 @@
 
 The engine profile times steps on an otherwise idle machine. In service the same decode step
 also pays for streaming every token through the router, pulling the KV of newly prefilled
-requests, and sharing the host with the prefill worker, the router and the clients: on the
-2-core development machine that added 4 to 6 ms (15 to 20%) to a 25 to 30 ms step at one
-thread, enough to move SLO attainment at a 40 ms TPOT target by 20 points or more.
+requests, and sharing the host with the prefill worker, the router and the clients. On the
+2-core development machine (one thread per worker) that added under 1 ms to a 30 ms step with
+one request in flight, but 9 ms (20%) with eight 128-token requests and 18 ms (30%) with eight
+512-token ones: planned from the engine alone, attainment came out 25 to 56 points optimistic.
 
 `pdserve profile --serving URL` measures it on a deployment of the shape being planned
 (`pdserve up --prefill 1 --decode 1`, say): closed-loop load from the load generator at a few
