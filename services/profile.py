@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.serving_profile import (
     ServingProfileError,
+    check_reachable,
     first_token_overhead_ms,
     measure_serving,
     serving_steps,
@@ -187,6 +188,12 @@ def main(argv: list[str]) -> int:
     from services.engine.engine import LLMEngine
     from services.engine.errors import EngineError
 
+    if args.serving:
+        try:
+            check_reachable(args.serving)
+        except ServingProfileError as e:
+            print(f"pdserve profile: {e}", file=sys.stderr)
+            return 2
     try:
         engine = LLMEngine(
             EngineConfig(

@@ -56,6 +56,21 @@ class ServingPoint:
                 "tpot_ms": self.tpot_ms, "ttft_ms": self.ttft_ms}
 
 
+def check_reachable(url: str) -> None:
+    """Fail before the engine grid (a minute or more) if nothing answers at `url`."""
+    import httpx
+
+    from loadgen.client import EndpointError, base_url
+
+    try:
+        base = base_url(url)
+        httpx.get(f"{base}/v1/models", timeout=10).raise_for_status()
+    except EndpointError as exc:
+        raise ServingProfileError(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise ServingProfileError(f"cannot reach {url}: {exc}") from exc
+
+
 def measure_serving(url: str, model: str | None, vocab_size: int, quick: bool,
                     progress) -> list[ServingPoint]:
     """One closed-loop run per (prompt length, concurrency) against `url`."""

@@ -75,8 +75,12 @@ def test_serving_profile_fits_decode_to_what_the_deployment_streams(tmp_path, sc
 def test_serving_profile_of_an_unreachable_deployment_is_one_clear_error(tmp_path, free_url,
                                                                          capsys):
     model = write_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=4096)
-    rc = main(["--model", str(model), "--quick", "--dtype", "float32", "--kv-cache-memory",
-               "0.05", "--out", str(tmp_path / "p.json"), "--serving", free_url])
-    err = capsys.readouterr().err
-    assert rc == 2 and "cannot reach" in err and "Traceback" not in err
+    capsys.readouterr()
+    for url, message in ((free_url, f"cannot reach {free_url}"),
+                         ("localhost:8000", "URL must start with http://")):
+        rc = main(["--model", str(model), "--quick", "--dtype", "float32", "--kv-cache-memory",
+                   "0.05", "--out", str(tmp_path / "p.json"), "--serving", url])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err
+        assert err.count("\n") == 1  # refused before the engine grid, in one line
     assert not (tmp_path / "p.json").exists()
