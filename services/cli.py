@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import sys
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pdserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # A crash inside a C extension (torch, ucxx) then leaves every thread's Python stack in
+    # the process's log instead of a silent exit.
+    faulthandler.enable()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
