@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -34,7 +33,7 @@ from planner.report import explain, plan_json, table
 from planner.roofline import Calibration, RooflineLatencyModel
 from planner.search import SearchSettings, predict, search
 from planner.worker import Context
-from planner.workload import Workload, load_workload
+from planner.workload import load_workload
 
 DISTSERVE_GPU = "a100-80g-sxm"
 DEFAULT_REQUESTS = 400
@@ -292,7 +291,7 @@ def run(args: argparse.Namespace, command: str) -> int:
             context = replace(context, sample=Sample(once.prompt_lens, once.output_lens,
                                                      once.unit_gaps or []))
             print(f"predicted for the best plan, the trace's {len(once)} requests sent once "
-                  f"(its own pace is {_trace_rate(workload):.4g} req/s):")
+                  f"(its own pace is {workload.trace_rate:.4g} req/s):")
         else:
             print("predicted for the best plan:")
         for rate in args.predict_at:
@@ -310,13 +309,6 @@ def run(args: argparse.Namespace, command: str) -> int:
         _write(args.out, render_values(result, model, command, slo_line))
         print(f"wrote {args.out}")
     return 0
-
-
-def _trace_rate(workload: Workload) -> float:
-    """A trace's own mean rate: requests per second between its first and last arrival."""
-    stamps = workload.timestamps
-    span = stamps[-1] - stamps[0]
-    return (len(stamps) - 1) / span if span > 0 else math.inf
 
 
 def _write(path: Path, text: str) -> None:

@@ -65,6 +65,12 @@ class Workload:
     def is_trace(self) -> bool:
         return bool(self.timestamps)
 
+    @property
+    def trace_rate(self) -> float:
+        """A trace's own mean rate, requests/s: n - 1 gaps between its first and last arrival
+        (how the load generator rescales a trace to --rate too)."""
+        return 1.0 / _mean_gap(list(self.timestamps))
+
     def sample(self, n: int, seed: int, max_context: int) -> RequestSample:
         """Draw `n` requests that fit `max_context` tokens, reproducibly for a seed."""
         rng = np.random.default_rng(seed)
@@ -92,8 +98,7 @@ class Workload:
     def _unit_gaps(self, picks: list[int], distinct: int) -> list[float]:
         times = [self.timestamps[i] for i in picks[:distinct]]
         gaps = [0.0] + [b - a for a, b in zip(times, times[1:], strict=False)]
-        span = times[-1] - times[0]
-        mean_gap = span / (len(times) - 1) if len(times) > 1 and span > 0 else 1.0
+        mean_gap = _mean_gap(times)
         gaps = [g / mean_gap for g in gaps]
         # A repeated trace restarts one mean gap after its last request.
         return [gaps[i % distinct] if i % distinct else (1.0 if i else 0.0)
@@ -128,6 +133,12 @@ class Workload:
         sigma = math.sqrt(math.log1p(cv * cv))
         mu = math.log(mean) - sigma * sigma / 2
         return np.maximum(1, np.rint(rng.lognormal(mu, sigma, n))).astype(np.int64)
+
+
+def _mean_gap(times: list[float]) -> float:
+    """Mean gap between sorted arrival times, seconds (1 when there is no span to measure)."""
+    span = times[-1] - times[0] if times else 0.0
+    return span / (len(times) - 1) if len(times) > 1 and span > 0 else 1.0
 
 
 def _parse_synthetic(spec: str) -> Workload:

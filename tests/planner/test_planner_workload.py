@@ -94,7 +94,9 @@ def test_the_load_generators_trace_format_is_read(tmp_path):
                     '{"timestamp_ms": 500, "prompt": "one two three four five six seven eight", '
                     '"output_length": 2}\n'
                     '{"timestamp_ms": 1000, "input_len": 12, "output_len": 3}\n')
-    sample = load_workload(str(path)).sample(3, 0, 4096)
+    workload = load_workload(str(path))
+    assert workload.trace_rate == pytest.approx(1 / 0.75)  # 2 gaps over 1.5 s
+    sample = workload.sample(3, 0, 4096)
     assert sample.prompt_lens == [10, 12, 30]  # the text counted as characters / 4
     assert sample.output_lens == [2, 3, 4]
     assert sample.unit_gaps == pytest.approx([0.0, 2 / 3, 4 / 3])  # gaps 0.5 s, 1 s; mean 0.75
