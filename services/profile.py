@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
 
     if args.serving:
         try:
-            check_reachable(args.serving)
+            check_reachable(args.serving, args.serving_model)
         except ServingProfileError as e:
             print(f"pdserve profile: {e}", file=sys.stderr)
             return 2

@@ -56,19 +56,27 @@ class ServingPoint:
                 "tpot_ms": self.tpot_ms, "ttft_ms": self.ttft_ms}
 
 
-def check_reachable(url: str) -> None:
-    """Fail before the engine grid (a minute or more) if nothing answers at `url`."""
+def check_reachable(url: str, model: str | None) -> None:
+    """Fail before the engine grid (a minute or more) if nothing answers at `url`, or if it
+    does not serve `model`."""
     import httpx
 
     from loadgen.client import EndpointError, base_url
 
     try:
         base = base_url(url)
-        httpx.get(f"{base}/v1/models", timeout=10).raise_for_status()
+        answer = httpx.get(f"{base}/v1/models", timeout=10)
+        answer.raise_for_status()
+        served = [m.get("id") for m in answer.json().get("data", [])]
     except EndpointError as exc:
         raise ServingProfileError(str(exc)) from exc
     except httpx.HTTPError as exc:
         raise ServingProfileError(f"cannot reach {url}: {exc}") from exc
+    except (ValueError, AttributeError) as exc:
+        raise ServingProfileError(f"{url}/v1/models did not answer a model list") from exc
+    if model is not None and model not in served:
+        raise ServingProfileError(f"{url} does not serve model {model!r} (it serves "
+                                  f"{', '.join(map(str, served)) or 'none'})")
 
 
 def measure_serving(url: str, model: str | None, vocab_size: int, quick: bool,

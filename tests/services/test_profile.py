@@ -56,7 +56,7 @@ def test_serving_profile_fits_decode_to_what_the_deployment_streams(tmp_path, sc
     out = tmp_path / "profile.json"
     rc = main(["--model", str(model), "--name", "tiny", "--quick", "--dtype", "float32",
                "--kv-cache-memory", "0.05", "--out", str(out), "--serving", scripted_url,
-               "--serving-model", "steady/serving"])
+               "--serving-model", "steady"])
     assert rc == 0, capsys.readouterr().err
     assert "first-token overhead" in capsys.readouterr().out
     entry = json.loads(out.read_text())["tiny"]["1"]
@@ -73,13 +73,17 @@ def test_serving_profile_fits_decode_to_what_the_deployment_streams(tmp_path, sc
 
 
 def test_serving_profile_of_an_unreachable_deployment_is_one_clear_error(tmp_path, free_url,
-                                                                         capsys):
+                                                                         scripted_url, capsys):
     model = write_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=4096)
     capsys.readouterr()
-    for url, message in ((free_url, f"cannot reach {free_url}"),
-                         ("localhost:8000", "URL must start with http://")):
+    for url, served, message in (
+        (free_url, None, f"cannot reach {free_url}"),
+        ("localhost:8000", None, "URL must start with http://"),
+        (scripted_url, "nope", f"{scripted_url} does not serve model 'nope' (it serves steady"),
+    ):
         rc = main(["--model", str(model), "--quick", "--dtype", "float32", "--kv-cache-memory",
-                   "0.05", "--out", str(tmp_path / "p.json"), "--serving", url])
+                   "0.05", "--out", str(tmp_path / "p.json"), "--serving", url,
+                   *(["--serving-model", served] if served else [])])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and "Traceback" not in err
         assert err.count("\n") == 1  # refused before the engine grid, in one line
