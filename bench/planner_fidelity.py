@@ -47,6 +47,18 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INPUT_LEN, OUTPUT_LEN, VOCAB = 256, 64, 49152
 
 
+def positive_list(text: str) -> list[float]:
+    """'0.3,0.6,1' -> [0.3, 0.6, 1.0]; every value a positive number."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}") from exc
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"every value must be positive, got {text!r}")
+    return values
+
+
 def write_trace(path: Path, num: int, seed: int) -> None:
     """`num` Poisson arrivals at a mean rate of 1/s (rescaled per point by --rate)."""
     gaps = np.random.default_rng(seed).exponential(1.0, num - 1)
@@ -84,7 +96,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, help="a `pdserve profile` file (default: "
                         "profile now, about a minute)")
-    parser.add_argument("--rates", default="0.3,0.6,1,1.5,2",
+    parser.add_argument("--rates", type=positive_list, default="0.3,0.6,1,1.5,2",
                         help="request rates to measure, req/s (default 0.3,0.6,1,1.5,2: the "
                         "first three span the knee of one prefill + one decode worker here at "
                         "a 40 ms TPOT target, the last three at 60 ms)")
@@ -92,13 +104,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the trace")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--slo-ttft", type=float, default=0.5)
-    parser.add_argument("--slo-tpot", default="0.04,0.06",
+    parser.add_argument("--slo-tpot", type=positive_list, default="0.04,0.06",
                         help="TPOT targets, seconds; one table each (default 0.04,0.06)")
     parser.add_argument("--port", type=int, default=8310)
     parser.add_argument("--out-dir", default=str(ROOT / "results" / "fidelity"))
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
-    tpots = [float(t) for t in args.slo_tpot.split(",")]
+    rates, tpots = args.rates, args.slo_tpot
+    if args.num_prompts < 2:
+        parser.error("--num-prompts must be at least 2 (a trace needs a gap)")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
