@@ -84,14 +84,16 @@ async def _ucx(operation: Awaitable[Any], what: str) -> Any:
 class UcxConnection:
     """One ucxx endpoint speaking the kvtransfer framing."""
 
-    # Not kept between fetches. ucxx (without its notifier thread) awaits a request by yielding
-    # to the event loop until it completes, so a holder waiting on an open, idle endpoint for
-    # the next request spins a whole core; the notifier thread (UCXPY_ENABLE_PYTHON_FUTURE=1)
-    # stops the spin but then the holder process hangs at exit. One endpoint per fetch costs
-    # a connection set-up instead. Measured with `pdserve up` (1 prefill + 1 decode, a thread
-    # each, one request at a time): the spinning prefill worker had raised decode TPOT from
-    # 33 ms to 37 ms and TTFT from 170 ms to 215 ms.
-    reusable = False
+    # Kept between fetches, although ucxx (without its notifier thread) awaits a request by
+    # yielding to the event loop until it completes, so a holder waiting on an open, idle
+    # endpoint spins a whole core (measured: decode TPOT 33 -> 37 ms beside it, 1P+1D at one
+    # thread each). One endpoint per fetch stopped the spin, but decode workers then crashed
+    # now and then with a segfault inside a KV pull (twice in three full test runs; the stack
+    # ended in asyncio.gather under KVPuller.pull), most likely an endpoint torn down by
+    # abort() while ucxx still referenced it. A crash loses requests; a spinning holder only
+    # costs speed. The notifier thread (UCXPY_ENABLE_PYTHON_FUTURE=1) stops the spin but hangs
+    # the holder at exit; fixing that is the way out.
+    reusable = True
 
     def __init__(self, endpoint: Any):
         self._ep = endpoint
