@@ -34,7 +34,7 @@ from kvtransfer.params import (
 )
 from kvtransfer.protocol import ReadRequest, ReleaseRequest, check_reply
 from kvtransfer.region import KVRegion, Window, plan_runs
-from kvtransfer.transport import Connection, check_backend, connect
+from kvtransfer.transport import Connection, check_backend, connect, hold, let_go
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,17 @@ class KVFetcher:
         self._idle_seconds = idle_seconds
         self._idle: dict[tuple[str, int], list[_Idle]] = {}
         self._counters = TransferCounters()
+        self._holding = False  # whether this fetcher called hold() on its backend
 
     async def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection and let go of the backend."""
         for idle in self._idle.values():
             for entry in idle:
                 entry.connection.abort()
         self._idle.clear()
+        if self._holding:
+            self._holding = False
+            let_go(self._backend)
 
     async def __aenter__(self) -> KVFetcher:
         return self
@@ -280,6 +284,9 @@ class KVFetcher:
             if now - entry.since < self._idle_seconds and entry.connection.is_alive():
                 return entry.connection
             entry.connection.abort()
+        if not self._holding:
+            hold(self._backend)
+            self._holding = True
         return await connect(self._backend, host, port, self._connect_timeout)
 
     def _checkin(self, host: str, port: int, connection: Connection) -> None:

@@ -65,6 +65,22 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def hold(backend: str) -> None:
+    """A fetcher starts using ``backend``: keep its process-wide machinery running (ucx only)."""
+    if check_backend(backend) == "ucx":
+        from kvtransfer.ucx_transport import hold as hold_ucx
+
+        hold_ucx()
+
+
+def let_go(backend: str) -> None:
+    """The fetcher that called ``hold`` is done with ``backend``."""
+    if check_backend(backend) == "ucx":
+        from kvtransfer.ucx_transport import let_go as let_go_ucx
+
+        let_go_ucx()
+
+
 async def listen(backend: str, host: str, port: int, handler: Handler) -> Listener:
     """Start accepting connections for ``backend`` on ``host:port`` (0 picks a free port)."""
     if check_backend(backend) == "ucx":

@@ -29,6 +29,17 @@ Environment, as found with ucxx-cu12 0.52 / libucx-cu12 1.21:
 - ``RAPIDS_NO_INITIALIZE`` is not needed: UCX is initialised lazily, on the first listener or
   endpoint, so importing this module creates no context, and the tcp backend never imports it.
 - The listener binds every interface; the port is the only address it takes.
+- ``UCXPY_ENABLE_PYTHON_FUTURE`` defaults to ``1`` here (see "Waiting" below); setting it to
+  ``0`` brings back the spinning wait.
+
+Waiting. Without its notifier thread, ucxx completes an awaited request by yielding to the
+event loop until the request is done, so a holder waiting for the next request on an idle
+endpoint spins a core (measured: decode TPOT 33 -> 37 ms beside it, 1P+1D at one thread
+each). With the notifier thread, a request's completion sets an asyncio future and an idle
+process sleeps. That thread is bound to the event loop running when it starts and keeps the
+process alive until it is stopped, so it runs exactly while a listener or a fetcher of this
+process uses UCX: the first one starts it (``hold``), the last one stops it (``let_go``, up
+to one second, as the thread wakes once a second to look for the stop).
 """
 
 from __future__ import annotations
@@ -43,8 +54,10 @@ from typing import Any
 import torch
 
 os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+os.environ.setdefault("UCXPY_ENABLE_PYTHON_FUTURE", "1")
 
 import ucxx  # noqa: E402  (the environment above must be set before UCX loads)
+import ucxx.core  # noqa: E402
 from ucxx.exceptions import UCXError  # noqa: E402
 
 from kvtransfer.errors import TransferError  # noqa: E402
@@ -54,6 +67,26 @@ from kvtransfer.transport import Handler  # noqa: E402
 _HEADER = struct.Struct("<Q")
 # Bound how long closing an endpoint may block the event loop (nanoseconds).
 _CLOSE_PERIOD_NS = 100_000_000
+
+
+_users = 0  # listeners and fetchers of this process using UCX right now
+
+
+def hold() -> None:
+    """One more user of UCX in this process: make sure the notifier thread runs."""
+    global _users
+    context = ucxx.core._get_ctx()  # ucxx exposes no public handle on its notifier
+    if context.notifier_thread is None:
+        context.start_notifier_thread()  # a no-op when Python futures are turned off
+    _users += 1
+
+
+def let_go() -> None:
+    """One user fewer; the last one stops the notifier thread, so the process can exit."""
+    global _users
+    _users -= 1
+    if _users == 0:
+        ucxx.stop_notifier_thread()
 
 
 def _buffer(span: torch.Tensor) -> Any:
@@ -84,15 +117,10 @@ async def _ucx(operation: Awaitable[Any], what: str) -> Any:
 class UcxConnection:
     """One ucxx endpoint speaking the kvtransfer framing."""
 
-    # Kept between fetches, although ucxx (without its notifier thread) awaits a request by
-    # yielding to the event loop until it completes, so a holder waiting on an open, idle
-    # endpoint spins a whole core (measured: decode TPOT 33 -> 37 ms beside it, 1P+1D at one
-    # thread each). One endpoint per fetch stopped the spin, but decode workers then crashed
-    # now and then with a segfault inside a KV pull (twice in three full test runs; the stack
-    # ended in asyncio.gather under KVPuller.pull), most likely an endpoint torn down by
-    # abort() while ucxx still referenced it. A crash loses requests; a spinning holder only
-    # costs speed. The notifier thread (UCXPY_ENABLE_PYTHON_FUTURE=1) stops the spin but hangs
-    # the holder at exit; fixing that is the way out.
+    # Kept between fetches: with the notifier thread (see "Waiting" above) a holder waiting on
+    # an idle endpoint sleeps. One endpoint per fetch, tried before that, crashed decode
+    # workers now and then (a segfault inside a KV pull, twice in three full test runs), most
+    # likely an endpoint torn down by abort() while ucxx still referenced it.
     reusable = True
 
     def __init__(self, endpoint: Any):
@@ -149,14 +177,17 @@ class UcxListener:
     def __init__(self, handler: Handler):
         self._handler = handler
         self._listener: Any = None
+        self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def start(cls, port: int, handler: Handler) -> UcxListener:
         listener = cls(handler)
+        hold()
         try:
             listener._listener = ucxx.create_listener(listener._on_connect, port)
         except UCXError as exc:
+            let_go()
             raise TransferError(f"cannot listen on UCX port {port}: {exc}") from exc
         return listener
 
@@ -165,10 +196,14 @@ class UcxListener:
         return int(self._listener.port)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._listener.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        let_go()
 
     async def _on_connect(self, endpoint: Any) -> None:
         # ucxx starts this coroutine itself; remember its task so close() can cancel it.

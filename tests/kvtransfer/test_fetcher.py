@@ -348,13 +348,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def test_holder_sleeps_between_fetches(holder: HolderProcess, request) -> None:
+async def test_holder_sleeps_between_fetches(holder: HolderProcess) -> None:
     # Between fetches a holder must sleep: a prefill worker that spins takes a core from the
     # engine and the services beside it.
-    if holder.backend == "ucx":
-        # Known defect, kept visible: strict, so the day it sleeps this test says so.
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "a ucx holder waiting on a kept-open endpoint spins a core (see UcxConnection)")))
     pool = sentinel_pool()
     async with KVFetcher(pool, BLOCK_BYTES, FINGERPRINT, TOKEN, backend=holder.backend) as fetcher:
         await fetcher.fetch(await holder.grant([1], num_tokens=16), [2])
