@@ -92,6 +92,47 @@ def engine_only_profile(profile: Path, out: Path) -> Path | None:
     return out
 
 
+def take_profile(out: Path, url: str, args) -> Path:
+    """`pdserve profile --serving` against the running deployment (about three minutes)."""
+    out.unlink(missing_ok=True)
+    subprocess.run([PDSERVE, "profile", "--threads", str(args.threads), "--name", MODEL,
+                    "--out", str(out), "--serving", url], check=True, cwd=ROOT)
+    return out
+
+
+def predict(profile: Path, trace: str, rates: list[float], tpots: list[float], out_dir: Path,
+            suffix: str, args, extras: bool) -> dict:
+    """Per TPOT target: the plan for this trace, and with `extras` the long-run Poisson plan
+    and the engine-only plan (None otherwise), each with predictions at `rates`."""
+    engine_only = (engine_only_profile(profile, out_dir / f"profile-engine-only{suffix}.json")
+                   if extras else None)
+    plans = {}
+    for tpot in tpots:
+        tag = f"tpot{tpot * 1e3:g}ms{suffix}"
+        plans[tpot] = (
+            plan(profile, trace, rates, tpot, out_dir / f"plan-trace-{tag}.json", args),
+            plan(profile, f"synthetic:in={INPUT_LEN},out={OUTPUT_LEN},dist=fixed", rates,
+                 tpot, out_dir / f"plan-poisson-{tag}.json", args) if extras else None,
+            plan(engine_only, trace, rates, tpot,
+                 out_dir / f"plan-engine-only-{tag}.json", args) if engine_only else None,
+        )
+        shape = (plans[tpot][0]["prefill"]["replicas"], plans[tpot][0]["decode"]["replicas"])
+        print(f"TPOT {tpot:g} s: the planner picks {shape[0]} prefill + {shape[1]} decode "
+              f"(measured: 1 + 1)", flush=True)
+    return plans
+
+
+def measure(url: str, trace: Path, rate: float, i: int, tpot: float, out_dir: Path,
+            args) -> dict:
+    """Send the trace at `rate` with fresh prompt ids; the load generator's result."""
+    result = out_dir / f"measured-{rate:g}.json"
+    bench("run", "--url", url, "--dataset", str(trace),
+          "--rate", f"{rate:g}", "--random-token-ids", "--vocab-size", str(VOCAB),
+          "--seed", str(1000 + i), "--slo-ttft", str(args.slo_ttft),
+          "--slo-tpot", str(tpot), "--out", str(result), "--no-progress")
+    return json.loads(result.read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +142,10 @@ def main() -> int:
                         help="request rates to measure, req/s (default 0.6,1,1.5,2,2.5: the "
                         "first three span the knee of one prefill + one decode worker here at "
                         "a 40 ms TPOT target, the last three at 60 ms)")
+    parser.add_argument("--profile-each-rate", action="store_true",
+                        help="profile again right before each rate and predict that rate from "
+                        "it (about three minutes a rate), so the machine's drift between "
+                        "profile and measurement is minutes, not the whole run")
     parser.add_argument("--num-prompts", type=int, default=100, help="requests per rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trace")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -111,6 +156,8 @@ def main() -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "results" / "fidelity"))
     args = parser.parse_args()
     rates, tpots = args.rates, args.slo_tpot
+    if args.profile_each_rate and args.profile:
+        parser.error("--profile-each-rate takes its own profiles; drop --profile")
     if args.num_prompts < 2:
         parser.error("--num-prompts must be at least 2 (a trace needs a gap)")
     out_dir = Path(args.out_dir)
@@ -123,33 +170,21 @@ def main() -> int:
     up_args = ["--model", "smollm2", "--dtype", "bfloat16", "--threads", str(args.threads),
                "--prefill", "1", "--decode", "1"]
     with pdserve_up(args.port, out_dir / "pdserve-up.log", *up_args):
-        profile = args.profile
-        if profile is None:
-            profile = out_dir / "profile.json"
-            profile.unlink(missing_ok=True)
-            subprocess.run([PDSERVE, "profile", "--threads", str(args.threads), "--name", MODEL,
-                            "--out", str(profile), "--serving", url], check=True, cwd=ROOT)
-        engine_only = engine_only_profile(profile, out_dir / "profile-engine-only.json")
-        plans = {}
-        for tpot in tpots:
-            tag = f"tpot{tpot * 1e3:g}ms"
-            plans[tpot] = (
-                plan(profile, str(trace), rates, tpot, out_dir / f"plan-trace-{tag}.json", args),
-                plan(profile, f"synthetic:in={INPUT_LEN},out={OUTPUT_LEN},dist=fixed", rates,
-                     tpot, out_dir / f"plan-poisson-{tag}.json", args),
-                plan(engine_only, str(trace), rates, tpot,
-                     out_dir / f"plan-engine-only-{tag}.json", args) if engine_only else None,
-            )
-            shape = (plans[tpot][0]["prefill"]["replicas"], plans[tpot][0]["decode"]["replicas"])
-            print(f"TPOT {tpot:g} s: the planner picks {shape[0]} prefill + {shape[1]} decode "
-                  f"(measured: 1 + 1)", flush=True)
-        for i, rate in enumerate(rates):
-            result = out_dir / f"measured-{rate:g}.json"
-            bench("run", "--url", url, "--dataset", str(trace),
-                  "--rate", f"{rate:g}", "--random-token-ids", "--vocab-size", str(VOCAB),
-                  "--seed", str(1000 + i), "--slo-ttft", str(args.slo_ttft),
-                  "--slo-tpot", str(tpots[0]), "--out", str(result), "--no-progress")
-            measured.append(json.loads(result.read_text()))
+        if args.profile_each_rate:
+            # A fresh profile right before each rate, and that rate's prediction from it.
+            each = []
+            for i, rate in enumerate(rates):
+                profile = take_profile(out_dir / f"profile-{rate:g}.json", url, args)
+                each.append(predict(profile, str(trace), [rate], tpots, out_dir, f"-{rate:g}",
+                                    args, extras=False))
+                measured.append(measure(url, trace, rate, i, tpots[0], out_dir, args))
+            plans = {tpot: ({"predicted_at": [p[tpot][0]["predicted_at"][0] for p in each]},
+                            None, None) for tpot in tpots}
+        else:
+            profile = args.profile or take_profile(out_dir / "profile.json", url, args)
+            plans = predict(profile, str(trace), rates, tpots, out_dir, "", args, extras=True)
+            for i, rate in enumerate(rates):
+                measured.append(measure(url, trace, rate, i, tpots[0], out_dir, args))
 
     for tpot in tpots:
         same, long_run, engine = plans[tpot]
@@ -162,14 +197,16 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
         worst = 0.0
         engine_only_at = engine["predicted_at"] if engine else [None] * len(rates)
-        for pred, poisson, alone, meas in zip(same["predicted_at"], long_run["predicted_at"],
+        long_run_at = long_run["predicted_at"] if long_run else [None] * len(rates)
+        for pred, poisson, alone, meas in zip(same["predicted_at"], long_run_at,
                                               engine_only_at, measured, strict=True):
             got = attainment(meas, args.slo_ttft, tpot)
             error = 100 * (pred["attainment"] - got)
             worst = max(worst, abs(error))
             alone_text = f"{alone['attainment']:.1%}" if alone else "-"
+            poisson_text = f"{poisson['attainment']:.1%}" if poisson else "-"
             print(f"| {pred['rate']:g} | {pred['attainment']:.1%} | {got:.1%} "
-                  f"| {error:+.1f} pp | {poisson['attainment']:.1%} | {alone_text} "
+                  f"| {error:+.1f} pp | {poisson_text} | {alone_text} "
                   f"| {pred['ttft_p90'] * 1e3:.0f} / {meas['p90_ttft_ms']:.0f} ms "
                   f"| {pred['tpot_p90'] * 1e3:.1f} / {meas['p90_tpot_ms']:.1f} ms |")
         print(f"largest error: {worst:.1f} percentage points")

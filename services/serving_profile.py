@@ -28,7 +28,7 @@ from pathlib import Path
 
 from planner.measurements import DecodeRow
 
-CONCURRENCY = (1, 2, 4, 8)
+CONCURRENCY = (1, 2, 4, 8, 16)
 QUICK_CONCURRENCY = (1, 2, 4)
 PROMPT_LENS = (128, 512)
 OUTPUT_LEN = 64
