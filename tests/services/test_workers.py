@@ -396,7 +396,7 @@ def test_sigterm_leaves_the_registry_at_once_and_exits_zero(
     client = redis.Redis.from_url(redis_server.url)
     key = f"pdserve:worker:{both.worker_id}"
     assert client.exists(key)
-    assert both.stop() == 0
+    assert both.stop() == 0, both.log()
     assert not client.exists(key)  # deregistered, not left to expire
     client.close()
 

@@ -95,8 +95,17 @@ class Worker:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.dump_and_kill()
         return self.proc.returncode
+
+    def dump_and_kill(self) -> None:
+        """A worker that did not stop: SIGABRT first, so faulthandler (enabled by every
+        `pdserve` command) writes each thread's stack to the log, then SIGKILL."""
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 def stop_all(*workers: Worker) -> list[int]:
