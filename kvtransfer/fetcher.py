@@ -291,7 +291,7 @@ class KVFetcher:
 
     def _checkin(self, host: str, port: int, connection: Connection) -> None:
         idle = self._idle.setdefault((host, port), [])
-        if connection.reusable and len(idle) < self._max_idle and connection.is_alive():
+        if len(idle) < self._max_idle and connection.is_alive():
             idle.append(_Idle(connection, time.monotonic()))
         else:
             connection.abort()

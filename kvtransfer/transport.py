@@ -19,11 +19,11 @@ from kvtransfer.params import BACKENDS
 
 
 class Connection(Protocol):
-    """One peer-to-peer connection; one request/reply exchange at a time."""
+    """One peer-to-peer connection; one request/reply exchange at a time.
 
-    # Whether the fetcher may keep it open between fetches: only if a holder waiting on an
-    # idle connection costs nothing (see the ucx backend for one where it does not).
-    reusable: bool
+    The fetcher keeps it open between fetches, so a holder waiting on an idle connection must
+    sleep, not poll (see the ucx backend's notes on waiting).
+    """
 
     async def send_message(self, message: dict[str, Any]) -> None:
         """Send one control message."""

@@ -115,13 +115,13 @@ async def _ucx(operation: Awaitable[Any], what: str) -> Any:
 
 
 class UcxConnection:
-    """One ucxx endpoint speaking the kvtransfer framing."""
+    """One ucxx endpoint speaking the kvtransfer framing.
 
-    # Kept between fetches: with the notifier thread (see "Waiting" above) a holder waiting on
-    # an idle endpoint sleeps. One endpoint per fetch, tried before that, crashed decode
-    # workers now and then (a segfault inside a KV pull, twice in three full test runs), most
-    # likely an endpoint torn down by abort() while ucxx still referenced it.
-    reusable = True
+    Kept between fetches: with the notifier thread (see "Waiting" above) a holder waiting on
+    an idle endpoint sleeps. One endpoint per fetch, tried before that, crashed decode workers
+    now and then (a segfault inside a KV pull, twice in three full test runs), most likely an
+    endpoint torn down by abort() while ucxx still referenced it.
+    """
 
     def __init__(self, endpoint: Any):
         self._ep = endpoint
