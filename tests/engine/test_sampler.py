@@ -61,3 +61,32 @@ def test_logprobs_report_the_sampled_token_and_the_top_n():
     assert lp.token_id == tokens[0] == 0
     assert abs(lp.logprob - float(expected[0])) < 1e-6
     assert [t for t, _ in lp.top] == [0, 1]
+
+
+def test_each_row_of_a_batch_follows_its_own_distribution():
+    torch.manual_seed(1)
+    vocab = 49152
+    first = torch.full((vocab,), float("-inf"))
+    first[[5, 40000]] = torch.tensor([0.25, 0.75]).log()
+    second = torch.full((vocab,), float("-inf"))
+    second[[0, vocab - 1]] = torch.tensor([0.5, 0.5]).log()
+    counts = {5: 0, 40000: 0, 0: 0, vocab - 1: 0}
+    for _ in range(1000):
+        tokens, _ = sample(torch.stack([first, second]), [seq(), seq()])
+        assert tokens[0] in (5, 40000) and tokens[1] in (0, vocab - 1), tokens
+        counts[tokens[0]] += 1
+        counts[tokens[1]] += 1
+    assert abs(counts[40000] / 1000 - 0.75) < 0.05, counts
+    assert abs(counts[vocab - 1] / 1000 - 0.5) < 0.05, counts
+
+
+def test_top_p_keeps_the_same_nucleus_whether_it_is_narrow_or_wide():
+    torch.manual_seed(2)
+    narrow = torch.randn(49152) * 8  # a few tokens hold most of the mass
+    wide = torch.randn(49152) * 0.1  # the nucleus spans most of the vocabulary
+    for logits in (narrow, wide):
+        kept = set(draw(logits, 200, top_p=0.5))
+        order = logits.softmax(-1).sort(descending=True)
+        before = order.values.cumsum(-1) - order.values
+        nucleus = set(order.indices[before < 0.5].tolist())
+        assert kept <= nucleus, sorted(kept - nucleus)[:5]
