@@ -20,6 +20,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -155,7 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="an API key the router requires (repeatable; default: open)",
     )
+    p.add_argument(
+        "--step-log-dir",
+        metavar="DIR",
+        help="each worker appends one JSON line per engine step to DIR/<worker>.jsonl "
+        "(see `pdserve worker --step-log`)",
+    )
     return p
+
+
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UpError(f"cannot create {path}: {exc.strerror}") from exc
 
 
 def worker_roles(args: argparse.Namespace) -> list[str]:
@@ -208,6 +222,8 @@ def components(args: argparse.Namespace, redis_url: str, token: str) -> list[Com
             "--tensor-parallel-size", str(args.tensor_parallel_size),
             "--dtype", args.dtype, *optional,
         ]  # fmt: skip
+        if args.step_log_dir:
+            command += ["--step-log", str(Path(args.step_log_dir) / f"{name}.jsonl")]
         out.append(Component(name, command, env))
     router_env = dict(env)
     if args.api_key:
@@ -353,6 +369,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         worker_roles(args)
+        if args.step_log_dir:
+            make_dir(Path(args.step_log_dir))
     except UpError as exc:
         print(f"pdserve up: error: {exc}", file=sys.stderr)
         return 2

@@ -132,6 +132,12 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         default=30.0,
         help="decode: give up a KV pull after this many seconds and recompute the prompt",
     )
+    p.add_argument(
+        "--step-log",
+        metavar="PATH",
+        help="append one JSON line per engine step to PATH (end time, seconds, prefill and "
+        "decode tokens): where the time goes, step by step",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     return p
 
@@ -171,6 +177,7 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
         max_queued_requests=args.max_queued_requests,
         kv_lease_seconds=args.kv_lease_seconds,
         kv_pull_timeout=args.kv_pull_timeout,
+        step_log=args.step_log,
     )
 
 

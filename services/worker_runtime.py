@@ -19,7 +19,7 @@ from typing import Any
 
 from kvtransfer import KVTransferError
 from services.decode.kv_pull import RECOMPUTED, KVPuller
-from services.engine.engine import EngineStats, LLMEngine
+from services.engine.engine import EngineStats, LLMEngine, StepResult
 from services.engine.errors import EngineError
 from services.engine_loop import EngineLoop
 from services.http_errors import ApiError
@@ -34,6 +34,7 @@ from services.registry import (
     WorkerRecord,
     open_registry,
 )
+from services.step_log import StepLog, StepLogError
 from services.worker_errors import EngineUnavailableError
 from services.worker_metrics import WorkerMetrics, WorkerSnapshot
 from services.worker_settings import WorkerSettings
@@ -42,7 +43,7 @@ log = logging.getLogger("pdserve.worker")
 
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
 # Failures with a message that says it all (no traceback needed): bad model, registry, ports.
-EXPECTED_START_ERRORS = (EngineError, RegistryError, KVTransferError, OSError)
+EXPECTED_START_ERRORS = (EngineError, RegistryError, KVTransferError, StepLogError, OSError)
 NO_LOAD = EngineStats(0, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -68,6 +69,7 @@ class WorkerRuntime:
         self.kv_port: int | None = None
         self.kv_ports: list[int] = []  # every rank's, with tensor parallelism
         self.metrics = WorkerMetrics(settings.role, self.snapshot)
+        self.step_log: StepLog | None = None
         self._registry: Registry | None = None
         self._heartbeat: Heartbeat | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -78,6 +80,8 @@ class WorkerRuntime:
         """Load the model and start serving; any failure goes to ``on_fatal``."""
         s = self.settings
         try:
+            if s.step_log:
+                self.step_log = StepLog(s.step_log)  # a bad path fails before the model loads
             self._registry = open_registry(s.registry)
             if isinstance(self._registry, RedisRegistry):
                 await self._registry.ping()  # fail before a long model load, not after
@@ -103,7 +107,7 @@ class WorkerRuntime:
                 engine,
                 pull_kv=self.puller.pull if self.puller else None,
                 held_kv=self.leases,
-                on_step=self.metrics.observe_step,
+                on_step=self._observe_step,
                 on_crash=self._on_crash,
             )
             self.engine_loop.start()
@@ -153,6 +157,8 @@ class WorkerRuntime:
             await self.engine_loop.stop()
         if self.engine is not None:  # no step runs anymore: the follower ranks may go
             await asyncio.to_thread(self.engine.close)
+        if self.step_log is not None:
+            self.step_log.close()
         if self.puller is not None:
             await self.puller.close()
         if self._registry is not None:
@@ -162,6 +168,12 @@ class WorkerRuntime:
         self.state, self.failure = FAILED, message
         self.begin_drain()
         self.on_fatal(message)
+
+    def _observe_step(self, result: StepResult) -> None:
+        """Engine thread, after every step that did work."""
+        self.metrics.observe_step(result)
+        if self.step_log is not None:
+            self.step_log.write(result)
 
     def _on_crash(self, exc: BaseException) -> None:
         self._fail(f"the engine crashed: {type(exc).__name__}: {exc}")

@@ -40,6 +40,7 @@ class WorkerSettings:
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     kv_lease_seconds: float = 30.0
     kv_pull_timeout: float = 30.0
+    step_log: str | None = None  # append one JSON line per engine step here
 
     @property
     def served_name(self) -> str:

@@ -4,6 +4,7 @@ real signals; afterwards not one of its processes may be left."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -172,9 +173,12 @@ def test_up_serves_disaggregated_and_sigterm_leaves_no_process(start_up) -> None
     assert not [pid for pid in tree if alive(pid)]
 
 
-def test_up_colocated_with_an_api_key_and_ctrl_c_leaves_no_process(start_up) -> None:
+def test_up_colocated_with_an_api_key_and_ctrl_c_leaves_no_process(start_up, tmp_path) -> None:
     port = free_port()
-    up = start_up(*common(port), "--both", "1", "--api-key", "open-sesame")
+    steps = tmp_path / "steps"
+    up = start_up(
+        *common(port), "--both", "1", "--api-key", "open-sesame", "--step-log-dir", str(steps)
+    )
     up.wait_for("[up] ready")
     assert any(line.startswith("[both-0] ") for line in up.lines), up.output()
     tree = descendants(up.proc.pid)
@@ -183,6 +187,8 @@ def test_up_colocated_with_an_api_key_and_ctrl_c_leaves_no_process(start_up) -> 
     answer = ask_capital(base, {"Authorization": "Bearer open-sesame"})
     assert answer.status_code == 200, answer.text
     assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+    logged = [json.loads(line) for line in (steps / "both-0.jsonl").read_text().splitlines()]
+    assert any(s["prefill_tokens"] for s in logged) and any(s["decode_tokens"] for s in logged)
 
     up.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert up.finish() == 0, up.output()

@@ -70,11 +70,13 @@ def pair(request, redis_server: EmbeddedRedis, tmp_path_factory) -> Iterator[Pai
 @pytest.fixture(scope="module")
 def both(redis_server: EmbeddedRedis, tmp_path_factory) -> Iterator[Worker]:
     """A colocated worker that runs one sequence at a time and queues at most one more."""
+    tmp = tmp_path_factory.mktemp("both")
     (worker,) = start_workers(
         redis_server.url,
-        tmp_path_factory.mktemp("both"),
+        tmp,
         [("both", "both-0", ["--kv-backend", "tcp", "--max-num-seqs", "1",
-                             "--max-queued-requests", "1"])],
+                             "--max-queued-requests", "1",
+                             "--step-log", str(tmp / "steps.jsonl")])],
     )  # fmt: skip
     yield worker
     worker.stop()
@@ -359,6 +361,21 @@ def test_generate_streams_the_offline_greedy_tokens(
         assert lines[-1]["finish_reason"] == "length"
 
 
+def test_the_step_log_records_each_step_of_a_request(
+    both: Worker, prompts: list[list[int]]
+) -> None:
+    log = both.log_path.parent / "steps.jsonl"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    body = {"request_id": "logged", "prompt_token_ids": prompts[2], "sampling": sampling_json(5)}
+    assert len(tokens_of(stream_lines(f"{both.url}/internal/generate", body))) == 5
+    steps = [json.loads(line) for line in log.read_text().splitlines()[before:]]
+    # One sequence at a time: the prompt's step samples the first token, four decode steps
+    # of batch 1 sample the rest.
+    assert [s["prefill_tokens"] > 0 for s in steps] == [True, False, False, False, False], steps
+    assert [s["decode_tokens"] for s in steps] == [0, 1, 1, 1, 1], steps
+    assert all(s["seconds"] > 0 and s["end"] > 0 for s in steps), steps
+
+
 async def test_a_full_queue_answers_429_with_retry_after(
     both: Worker, prompts: list[list[int]], offline_llm: LLM
 ) -> None:
@@ -421,6 +438,7 @@ def test_a_worker_that_cannot_start_exits_with_its_error(redis_server: EmbeddedR
             "busy port": launch(["decode", "--host", "127.0.0.1", "--port", str(port)]),
             "no token": launch(["worker", "--role", "both", *base], token=None),
             "tp": launch(["worker", "--role", "decode", "--tensor-parallel-size", "2", *base]),
+            "step log": launch(["decode", *base, "--step-log", "/no/such/dir/steps.jsonl"]),
         }
         stderrs = {name: p.communicate(timeout=120)[1] for name, p in runs.items()}
         results = {name: (runs[name].returncode, err) for name, err in stderrs.items()}
@@ -435,6 +453,9 @@ def test_a_worker_that_cannot_start_exits_with_its_error(redis_server: EmbeddedR
     code, stderr = results["tp"]  # SmolLM2's 9 heads do not split over 2 ranks
     assert code == 1 and "tensor-parallel size 2 does not fit smollm2" in stderr
     assert "9 attention heads" in stderr and "Traceback" not in stderr
+    code, stderr = results["step log"]
+    assert code == 1 and "cannot write the step log /no/such/dir/steps.jsonl" in stderr
+    assert "Traceback" not in stderr
 
 
 # ---- last per backend: the prefill worker dies -----------------------------------------------

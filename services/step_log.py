@@ -1,0 +1,47 @@
+"""A worker's per-step timing log: one JSON line per engine step, for finding where time goes.
+
+The Prometheus histogram (`pdserve:step_seconds`) says how steps are distributed; this file
+says what each one was. Every step that did work appends
+``{"end": unix seconds, "seconds": step time, "prefill_tokens": n, "decode_tokens": b}``.
+A decode step is one with ``decode_tokens`` = its batch; a step with both is a mixed step of a
+colocated worker. Written from the engine thread, line-buffered, so a killed worker keeps
+every step it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TextIO
+
+from services.engine.engine import StepResult
+
+
+class StepLogError(Exception):
+    """The step log cannot be opened."""
+
+
+class StepLog:
+    def __init__(self, path: str | Path):
+        try:
+            self._file: TextIO = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise StepLogError(f"cannot write the step log {path}: {exc.strerror}") from exc
+
+    def write(self, result: StepResult) -> None:
+        """Append one step (called on the engine thread)."""
+        self._file.write(
+            json.dumps(
+                {
+                    "end": round(time.time(), 6),
+                    "seconds": round(result.seconds, 6),
+                    "prefill_tokens": result.num_prefill_tokens,
+                    "decode_tokens": result.num_decode_tokens,
+                }
+            )
+            + "\n"
+        )
+
+    def close(self) -> None:
+        self._file.close()
