@@ -139,9 +139,10 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="a `pdserve profile` file (default: "
                         "profile now, about a minute)")
     parser.add_argument("--rates", type=positive_list, default="0.6,1,1.5,2,2.5",
-                        help="request rates to measure, req/s (default 0.6,1,1.5,2,2.5: the "
-                        "first three span the knee of one prefill + one decode worker here at "
-                        "a 40 ms TPOT target, the last three at 60 ms)")
+                        help="request rates to measure, req/s (default 0.6,1,1.5,2,2.5: they "
+                        "span the knee of one prefill + one decode worker here at a 40 ms TPOT "
+                        "target, which lay between 1.5 and 2 req/s in the last run; at 60 ms "
+                        "it lies at 2.5 or above)")
     parser.add_argument("--profile-each-rate", action="store_true",
                         help="profile again right before each rate and predict that rate from "
                         "it (about three minutes a rate), so the machine's drift between "
