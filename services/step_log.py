@@ -5,17 +5,22 @@ says what each one was. Every step that did work appends
 ``{"end": unix seconds, "seconds": step time, "prefill_tokens": n, "decode_tokens": b}``.
 A decode step is one with ``decode_tokens`` = its batch; a step with both is a mixed step of a
 colocated worker. Written from the engine thread, line-buffered, so a killed worker keeps
-every step it finished.
+every step it finished. A log that can no longer be written (a full disk) is dropped with one
+warning: it never stops the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TextIO
 
 from services.engine.engine import StepResult
+
+log = logging.getLogger("pdserve.worker")
 
 
 class StepLogError(Exception):
@@ -31,17 +36,21 @@ class StepLog:
 
     def write(self, result: StepResult) -> None:
         """Append one step (called on the engine thread)."""
-        self._file.write(
-            json.dumps(
-                {
-                    "end": round(time.time(), 6),
-                    "seconds": round(result.seconds, 6),
-                    "prefill_tokens": result.num_prefill_tokens,
-                    "decode_tokens": result.num_decode_tokens,
-                }
-            )
-            + "\n"
-        )
+        if self._file.closed:
+            return
+        line = {
+            "end": round(time.time(), 6),
+            "seconds": round(result.seconds, 6),
+            "prefill_tokens": result.num_prefill_tokens,
+            "decode_tokens": result.num_decode_tokens,
+        }
+        try:
+            self._file.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            log.warning("step log %s dropped: %s", self._file.name, exc.strerror or exc)
+            self.close()
 
     def close(self) -> None:
-        self._file.close()
+        # The last buffered line may fail to flush; there is nothing else to lose.
+        with contextlib.suppress(OSError):
+            self._file.close()
