@@ -264,6 +264,20 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8400)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "goodput")
     args = ap.parse_args()
+    known = ("vllm", "disaggregated", "colocated")
+    unknown = sorted(set(args.systems.split(",")) - set(known))
+    if unknown:
+        ap.error(f"--systems: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    if not 0 < args.check_fraction <= 1:
+        ap.error("--check-fraction must be in (0, 1]")
+    if args.reuse_goodput:
+        missing = [
+            str(args.out_dir / f"{n}-goodput.json")
+            for n in args.systems.split(",")
+            if not (args.out_dir / f"{n}-goodput.json").exists()
+        ]
+        if missing:
+            ap.error(f"--reuse-goodput: no earlier result {', '.join(missing)}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     launchers = {
