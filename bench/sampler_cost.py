@@ -48,19 +48,31 @@ def time_case(batch: int, scale: float, params: dict, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1: {text!r}")
+    return sizes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", default="1,8,16", help="comma-separated batch sizes")
+    ap.add_argument(
+        "--batch", type=batch_sizes, default="1,8,16", help="comma-separated batch sizes"
+    )
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"sampler, {args.threads} thread(s), vocabulary {VOCAB}: median ms per call")
     print(f"{'case':<20} {'batch':>5} {'ms':>8} {'ms/row':>8}")
     for name, (scale, params) in CASES.items():
-        for batch in (int(b) for b in args.batch.split(",")):
+        for batch in args.batch:
             ms = time_case(batch, scale, params, args.repeats)
             print(f"{name:<20} {batch:>5} {ms:>8.2f} {ms / batch:>8.3f}")
     return 0
