@@ -12,7 +12,16 @@ one request in flight, but 9 ms (20%) with eight 128-token requests and 18 ms (3
 concurrencies and two prompt lengths, random token ids so no prompt hits the prefix cache. Each
 point's median time per output token becomes one decode row (batch = the concurrency, context
 = its sequences' mean length while decoding), which the planner's decode coefficients are then
-fitted to. The median TTFT at concurrency 1 minus the engine's prefill time of that prompt is
+fitted to.
+
+The load must look like steady traffic, not like waves. With equal output lengths a closed loop
+runs in lockstep: all its requests prefill together, join the decode batch in one step and
+finish in the same step, so nearly every decode step runs with no prompt beside it and no KV
+arriving. Open-loop traffic spreads both over all steps: on the development machine its time
+per token at the same mean batch came out 10% (batch 4) to 16% (batch 8) above the lockstep
+figure, and the plan was that much optimistic. So output lengths vary by +-50% around the
+mean, which lets the requests drift apart after the first round, and that first round is not
+counted. The median TTFT at concurrency 1 minus the engine's prefill time of that prompt is
 what the service adds to a first token (routing, the lease, the first streamed chunk).
 """
 
@@ -32,7 +41,11 @@ CONCURRENCY = (1, 2, 4, 8, 16)
 QUICK_CONCURRENCY = (1, 2, 4)
 PROMPT_LENS = (128, 512)
 OUTPUT_LEN = 64
-ROUNDS = 3  # requests per point: ROUNDS x concurrency
+# Requests counted per point: ROUNDS x concurrency, at least MIN_COUNTED (at concurrency 1 a
+# median of three requests is one request's luck). One more round runs first, not counted.
+ROUNDS = 3
+MIN_COUNTED = 12
+OUTPUT_SPREAD = 0.5  # output lengths uniform within OUTPUT_LEN * (1 +- this)
 
 
 class ServingProfileError(Exception):
@@ -87,12 +100,15 @@ def measure_serving(url: str, model: str | None, vocab_size: int, quick: bool,
     points = []
     concurrencies = QUICK_CONCURRENCY if quick else CONCURRENCY
     with tempfile.TemporaryDirectory() as tmp:
-        for prompt_len in PROMPT_LENS:
-            for concurrency in concurrencies:
+        # Both prompt lengths at one concurrency, then the next: a slow minute on this host
+        # then shifts neighbouring points of both lengths, not the slope between the lengths.
+        for concurrency in concurrencies:
+            for prompt_len in PROMPT_LENS:
                 out = Path(tmp) / f"c{concurrency}-p{prompt_len}.json"
                 argv = ["run", "--url", url, "--concurrency", str(concurrency),
-                        "--num-prompts", str(ROUNDS * concurrency),
+                        "--num-prompts", str(concurrency * (1 + rounds(concurrency))),
                         "--input-len", str(prompt_len), "--output-len", str(OUTPUT_LEN),
+                        "--output-dist", "uniform", "--output-spread", str(OUTPUT_SPREAD),
                         "--random-token-ids", "--vocab-size", str(vocab_size),
                         "--seed", str(len(points) + 1), "--out", str(out), "--no-progress"]
                 if model:
@@ -112,8 +128,16 @@ def _point(result: dict, concurrency: int, prompt_len: int, url: str) -> Serving
         raise ServingProfileError(f"{url}: {result['failed']} of {result['num_prompts']} "
                                   f"requests failed at concurrency {concurrency} "
                                   f"({result['error_counts']})")
-    return ServingPoint(concurrency, prompt_len, result["median_tpot_ms"],
-                        result["median_ttft_ms"])
+    # The first round starts all at once (the lockstep this profile avoids): skip it.
+    sent = sorted(result["requests"], key=lambda r: r["send_time"])[concurrency:]
+    return ServingPoint(concurrency, prompt_len,
+                        1e3 * statistics.median(r["tpot"] for r in sent if r["tpot"] is not None),
+                        1e3 * statistics.median(r["ttft"] for r in sent))
+
+
+def rounds(concurrency: int) -> int:
+    """Counted rounds at `concurrency`."""
+    return max(ROUNDS, -(-MIN_COUNTED // concurrency))
 
 
 def first_token_overhead_ms(points: list[ServingPoint], prefill_ms) -> float:
