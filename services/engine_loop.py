@@ -6,8 +6,9 @@ steps and hands each step's outputs back with ``call_soon_threadsafe``, into one
 per request. When there is nothing to compute, the engine thread sleeps on the condition until
 a command arrives: no spinning, no polling.
 
-KV hand-offs never race an abort over a block. Decode role: the engine announces a ``KVFetch``,
-the loop runs the pull coroutine, then reports ``kv_arrived``; an abort that arrives while a
+KV hand-offs never race an abort over a block. Decode role: the engine announces a ``KVFetch``
+as soon as it has scheduled the blocks, before that step's model run (so the pull overlaps the
+step), the loop runs the pull coroutine, then reports ``kv_arrived``; an abort that arrives while a
 pull is writing into the request's blocks cancels the pull first and frees the blocks only
 afterwards. Prefill role: a finished prompt's blocks are leased on the loop in the same batch
 that delivers its output, and aborting a held request ends its lease (the lease then frees
@@ -272,7 +273,8 @@ class EngineLoop:
                 self._publish(pending_applied=sum(isinstance(c, _Add) for c in commands))
                 did_work = False
                 if engine.has_work():
-                    result = engine.step()
+                    pulls = self._begin_pulls if self._pull_kv is not None else None
+                    result = engine.step(on_fetches=pulls)
                     did_work = bool(
                         result.outputs
                         or result.kv_fetches
@@ -345,13 +347,17 @@ class EngineLoop:
             stream = stream or self._streams.get(out.request_id)
             if stream is not None:
                 self._post(stream._put, out)
-        for fetch in result.kv_fetches:
-            if self._pull_kv is None:
-                self.engine.kv_arrived(fetch.request_id, False)
-                continue
+        for fetch in result.kv_fetches:  # no puller: the prompts are recomputed here
+            self.engine.kv_arrived(fetch.request_id, False)
+
+    def _begin_pulls(self, fetches: list[KVFetch]) -> None:
+        """Engine thread, before the step's model run: start the pulls on the event loop now,
+        so the KV travels while this step computes and the request joins the next one."""
+        for fetch in fetches:
             with self._cond:
                 self._pulls[fetch.request_id] = None
             self._post(self._start_pull, fetch)
+        self._flush()
 
     def _post(self, callback: Callable[..., Any], *args: Any) -> None:
         """Engine thread: queue a call for the event loop; ``_flush`` sends the batch."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -281,7 +282,13 @@ class LLMEngine:
     def has_work(self) -> bool:
         return bool(self.scheduler.waiting or self.scheduler.running)
 
-    def step(self) -> StepResult:
+    def step(self, on_fetches: Callable[[list[KVFetch]], None] | None = None) -> StepResult:
+        """Schedule and run one step.
+
+        `on_fetches`, if given, receives the step's new KV fetches before the model runs, so
+        their pulls overlap this step instead of starting after it; they are then left out of
+        the result.
+        """
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
         self.num_preemptions += len(plan.preempted)
@@ -295,6 +302,9 @@ class LLMEngine:
             )
             for s in plan.kv_fetches
         ]
+        if fetches and on_fetches is not None:
+            on_fetches(fetches)
+            fetches = []
         if plan.chunks:
             logits = self.runner.run(plan.chunks)
             sampling = [c.seq for c in plan.chunks if c.samples]

@@ -177,3 +177,38 @@ def test_abort_frees_waiting_running_and_held_requests(tiny_dir):
     assert engine.abort("held") and engine.abort("waiting")
     assert not engine.abort("never-existed")
     assert_all_blocks_free(engine)
+
+
+
+def test_a_kv_fetch_is_announced_before_its_step_computes_so_the_pull_overlaps_it():
+    """The decode worker starts a pull from `on_fetches`; the step then still runs the batch,
+    and KV that arrived meanwhile joins the very next step (one step sooner than if the fetch
+    came out with the step's result). SmolLM2, whose greedy tokens do not hinge on rounding."""
+    engine = LLMEngine(EngineConfig(model="smollm2", role="decode", dtype="float32",
+                                    num_kv_blocks=32))
+    params = SamplingParams(max_tokens=6, ignore_eos=True, temperature=0.0)
+    prompt = list(range(1000, 1032))  # two blocks
+    engine.add_request("warm", prompt, params)  # computed here, so its blocks are cached
+    expected = run_to_completion(engine)["warm"]
+    engine.add_request("busy", list(range(2000, 2020)), params)
+    engine.step()  # "busy" prefills, and decodes from here on
+    engine.add_request(
+        "pulled", prompt, params, kv_source={"from": "test"}, output_ids=expected[:1]
+    )
+    busy = engine.requests["busy"]
+    seen: list[tuple[str, int]] = []
+
+    def on_fetches(fetches):
+        for fetch in fetches:
+            seen.append((fetch.request_id, len(busy.token_ids)))
+            engine.kv_arrived(fetch.request_id, ok=True)  # all blocks cached: nothing to copy
+
+    tokens_before = len(busy.token_ids)
+    step = engine.step(on_fetches=on_fetches)
+    assert seen == [("pulled", tokens_before)]  # before the batch computed this step
+    assert step.kv_fetches == []  # handed over already, not announced twice
+    assert [o.request_id for o in step.outputs] == ["busy"]
+    step = engine.step()
+    assert {o.request_id: o.new_token_ids for o in step.outputs}["pulled"] == expected[1:2]
+    assert expected[1:2] + run_to_completion(engine)["pulled"] == expected[1:]
+    assert_all_blocks_free(engine)
