@@ -4,13 +4,16 @@
     python bench/e2e_latency.py [--rate 2] [--num-prompts 60] [--input-len 256] [--output-len 64]
 
 Each system is started, loaded with the same seeded workload by `pdserve bench run`, and
-stopped; then the percentiles are printed side by side. Results land in results/e2e/.
+stopped; then the percentiles are printed side by side. "1st gap" is the median time between a
+request's first and second token: in the disaggregated system that gap holds the hand-off
+(routing to a decode worker, the KV pull, joining its batch). Results land in results/e2e/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -52,11 +55,13 @@ def main() -> int:
     print(f"\nPoisson {args.rate} req/s, {args.num_prompts} requests, {args.input_len} tokens in, "
           f"{args.output_len} out, {args.threads} thread(s) per worker\n")
     header = f"{'system':<40}" + "".join(f"{h:>10}" for h in (
-        "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99", "failed"))
+        "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99", "1st gap", "failed"))
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
         cells = [r[f"{stat}_{metric}_ms"] for metric in ("ttft", "tpot")
                  for stat in ("median", "p90", "p99")]
+        cells.append(1e3 * statistics.median(
+            q["itl"][0] for q in r["requests"] if q["success"] and q["itl"]))
         print(f"{name:<40}" + "".join(f"{c:>8.0f}ms" for c in cells) + f"{r['failed']:>10}")
     return 0
 
