@@ -4,8 +4,9 @@
 
 1. Start the plan's shape, `pdserve up --prefill 1 --decode 1`, and profile this machine with
    `pdserve profile --serving URL` against it (or take --profile): the engine's step grid, then
-   the deployment's time per output token at a few concurrencies, closed loop, which the decode
-   coefficients are fitted to.
+   the deployment's time per output token at a few concurrencies (closed loop, output lengths
+   varied so the requests drift apart as steady traffic does), which the decode coefficients
+   are fitted to.
 2. Write one Poisson trace (--num-prompts requests of 256 prompt and 64 output tokens, mean
    rate 1/s) in the load generator's JSONL format.
 3. Ask `pdserve plan` for the two-core plan and its predicted attainment at each rate, for that
