@@ -24,6 +24,7 @@ from types import FrameType
 import uvicorn
 
 from services.internal_auth import MissingTokenError, internal_token_from_env
+from services.listen_socket import tcp_listener
 from services.worker_settings import DEFAULT_MAX_QUEUED_REQUESTS, WorkerSettings
 
 ROLES = ("prefill", "decode", "both")
@@ -183,16 +184,10 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
 
 def bind(host: str, port: int) -> socket.socket:
     """The listening HTTP socket, bound now so a taken port is reported before the model loads."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
+        return tcp_listener(host, port)
     except OSError as exc:
-        sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
 
 
 class WorkerServer(uvicorn.Server):

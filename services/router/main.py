@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable, Iterator
 
@@ -157,6 +156,7 @@ def main(argv: list[str]) -> int:
     )
     from services.engine.errors import EngineError
     from services.internal_auth import MissingTokenError, internal_token_from_env
+    from services.listen_socket import tcp_listener
     from services.registry import RegistryError, open_registry
     from services.router.api_keys import APIKeyError, APIKeys
     from services.router.app import Router, RouterConfig, create_app
@@ -177,9 +177,7 @@ def main(argv: list[str]) -> int:
     )
     # Bind first: a taken port fails in a second, not after loading the tokenizer.
     try:
-        listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((args.host, args.port))
+        listener = tcp_listener(args.host, args.port)
     except OSError as e:
         print(
             f"pdserve router: cannot listen on {args.host}:{args.port}: {e.strerror}",
