@@ -7,8 +7,8 @@ per request. When there is nothing to compute, the engine thread sleeps on the c
 a command arrives: no spinning, no polling.
 
 KV hand-offs never race an abort over a block. Decode role: the engine announces a ``KVFetch``
-as soon as it has scheduled the blocks, before that step's model run (so the pull overlaps the
-step), the loop runs the pull coroutine, then reports ``kv_arrived``; an abort that arrives while a
+as soon as it has scheduled the blocks, before that step's model run, so the pull overlaps the
+step; the loop runs the pull coroutine, then reports ``kv_arrived``. An abort that arrives while a
 pull is writing into the request's blocks cancels the pull first and frees the blocks only
 afterwards. Prefill role: a finished prompt's blocks are leased on the loop in the same batch
 that delivers its output, and aborting a held request ends its lease (the lease then frees

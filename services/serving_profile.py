@@ -14,15 +14,15 @@ point's median time per output token becomes one decode row (batch = the concurr
 = its sequences' mean length while decoding), which the planner's decode coefficients are then
 fitted to.
 
-The load must look like steady traffic, not like waves. With equal output lengths a closed loop
-runs in lockstep: all its requests prefill together, join the decode batch in one step and
+The load should look like steady traffic, not like waves. With equal output lengths a closed
+loop runs in lockstep: all its requests prefill together, join the decode batch in one step and
 finish in the same step, so nearly every decode step runs with no prompt beside it and no KV
-arriving. Open-loop traffic spreads both over all steps: on the development machine its time
-per token at the same mean batch came out 10% (batch 4) to 16% (batch 8) above the lockstep
-figure, and the plan was that much optimistic. So output lengths vary by +-50% around the
-mean, which lets the requests drift apart after the first round, and that first round is not
-counted. The median TTFT at concurrency 1 minus the engine's prefill time of that prompt is
-what the service adds to a first token (routing, the lease, the first streamed chunk).
+arriving, and its first tokens queue behind each other's prefills. Open-loop traffic spreads
+both over all steps. So output lengths vary by +-50% around the mean, which lets the requests
+drift apart after the first round, and that first round is not counted.
+
+The median TTFT at concurrency 1 minus the engine's prefill time of that prompt is what the
+service adds to a first token (routing, the lease, the first streamed chunk).
 """
 
 from __future__ import annotations
