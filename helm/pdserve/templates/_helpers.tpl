@@ -47,7 +47,7 @@ app.kubernetes.io/name: {{ include "pdserve.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels of one component: router, prefill, decode or redis. */}}
+{{/* Labels of one component: router, prefill, decode, colocated or redis. */}}
 {{- define "pdserve.componentLabels" -}}
 {{ include "pdserve.labels" .ctx }}
 app.kubernetes.io/component: {{ .component }}
@@ -265,16 +265,48 @@ httpGet:
 {{- end }}
 
 {{/*
-Pod affinity of a worker pool; takes (dict "ctx" $ "role" "prefill"|"decode").
-Both placements spread a pool over nodes (soft anti-affinity to its own pods). Low affinity
-also makes every decode pod share a node with a prefill pod, so KV moves over NVLink.
+The worker pools that run (replicas above 0), as a JSON list in the order prefill, decode,
+colocated; read it with `include "pdserve.workerPools" . | fromJsonArray`. Fails on pools the
+router cannot serve with: half of the prefill/decode pair, or no worker at all. Colocated pools
+may run beside the pair; the router then sends every request to the pair.
+*/}}
+{{- define "pdserve.workerPools" -}}
+{{- $replicas := dict }}
+{{- range $role := list "prefill" "decode" "colocated" }}
+{{- $_ := set $replicas $role (int (index $.Values $role).replicas) }}
+{{- end }}
+{{- range $pair := list (list "prefill" "decode") (list "decode" "prefill") }}
+{{- $running := index $pair 0 }}
+{{- $missing := index $pair 1 }}
+{{- if and (gt (get $replicas $running) 0) (eq (get $replicas $missing) 0) }}
+{{- fail (printf "prefill and decode run as a pair: %s.replicas is %d but %s.replicas is 0, so no worker would take the other half of each request. Set %s.replicas to 1 or more, or set %s.replicas to 0 and run colocated.replicas workers, which prefill and decode alike" $running (get $replicas $running) $missing $missing $running) }}
+{{- end }}
+{{- end }}
+{{- if eq (add (get $replicas "prefill") (get $replicas "decode") (get $replicas "colocated")) 0 }}
+{{- fail "no workers: prefill.replicas, decode.replicas and colocated.replicas are all 0. Set colocated.replicas to 1 or more (workers that prefill and decode), or prefill.replicas and decode.replicas both to 1 or more (disaggregated)" }}
+{{- end }}
+{{- $pools := list }}
+{{- range $role := list "prefill" "decode" "colocated" }}
+{{- if gt (get $replicas $role) 0 }}
+{{- $pools = append $pools $role }}
+{{- end }}
+{{- end }}
+{{- toJson $pools }}
+{{- end }}
+
+{{/*
+Pod affinity of a worker pool; takes (dict "ctx" $ "role" "prefill"|"decode"|"colocated").
+Every placement spreads a pool over nodes (soft anti-affinity to its own pods). Low affinity
+also makes every decode pod share a node with a prefill pod, so KV moves over NVLink; it is a
+matter of the pair only, so a colocated pool always spreads as under high affinity.
 */}}
 {{- define "pdserve.workerAffinity" -}}
 {{- $ctx := .ctx }}
 {{- $p := $ctx.Values.placement }}
+{{- $low := and (eq $p.affinity "low") (ne .role "colocated") }}
 {{- $own := include "pdserve.componentSelectorLabels" (dict "ctx" $ctx "component" .role) }}
 {{- $prefill := include "pdserve.componentSelectorLabels" (dict "ctx" $ctx "component" "prefill") }}
-{{- if and (eq $p.affinity "low") (eq .role "decode") }}
+{{- if and $low (eq .role "decode") }}
 podAffinity:
   {{- if eq $p.lowAffinityRule "required" }}
   requiredDuringSchedulingIgnoredDuringExecution:
@@ -294,7 +326,7 @@ podAffinity:
 {{- end }}
 podAntiAffinity:
   preferredDuringSchedulingIgnoredDuringExecution:
-    - weight: {{ ternary 50 100 (eq $p.affinity "low") }}
+    - weight: {{ ternary 50 100 $low }}
       podAffinityTerm:
         labelSelector:
           matchLabels:
