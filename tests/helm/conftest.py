@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "pdserve"
 PLAN_VALUES = Path(__file__).resolve().parent / "plan-values.yaml"
+COLOCATED_PLAN_VALUES = Path(__file__).resolve().parent / "colocated-plan-values.yaml"
 RELEASE = "pdserve"
 NAMESPACE = "llm"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
@@ -93,13 +94,15 @@ def render(chart: helm.Chart) -> Callable[..., Rendered]:
     return _render
 
 
-# The values every chart-wide check runs against: defaults, both example files, a plan in the
-# exact form `pdserve plan --out` writes, and every optional feature switched on.
+# The values every chart-wide check runs against: defaults, both example files, a disaggregated
+# and a colocated plan in the exact form `pdserve plan --out` writes, and every optional feature
+# switched on (with all three worker pools).
 VALUES_SETS: dict[str, dict[str, Any] | None] = {
     "default": None,
     "cpu": load_values(CHART_DIR / "values-cpu.yaml"),
     "gpu": load_values(CHART_DIR / "values-gpu.yaml"),
     "plan": load_values(PLAN_VALUES),
+    "colocated-plan": load_values(COLOCATED_PLAN_VALUES),
     "everything": {
         "model": {
             "source": "huggingface",
@@ -112,6 +115,12 @@ VALUES_SETS: dict[str, dict[str, Any] | None] = {
                     "extraArgs": ["--some-flag"], "extraEnv": [{"name": "X", "value": "1"}]},
         "decode": {"replicas": 2, "maxNumSeqs": 128, "threads": 4,
                    "ports": {"http": 8101, "kv": 8201}},
+        "colocated": {"replicas": 1, "tensorParallelSize": 2, "maxNumSeqs": 64,
+                      "maxNumBatchedTokens": 512, "kvCacheMemoryGiB": 8, "threads": 2,
+                      "ports": {"http": 8102}, "extraArgs": ["--log-level", "debug"],
+                      "extraEnv": [{"name": "Y", "value": "2"}],
+                      "podAnnotations": {"example.com/pool": "colocated"},
+                      "terminationGracePeriodSeconds": 60},
         "placement": {"affinity": "low", "nodeSelector": {"pool": "gpu"},
                       "tolerations": [{"key": "gpu", "operator": "Exists"}]},
         "kvTransfer": {"ucx": {"tls": "rc,tcp", "netDevices": "mlx5_0:1"},
@@ -149,3 +158,10 @@ def chart_dir() -> Path:
 def plan_values() -> dict[str, Any]:
     """tests/helm/plan-values.yaml: a plan exactly as `pdserve plan --out` writes it."""
     return load_values(PLAN_VALUES)
+
+
+@pytest.fixture(scope="session")
+def colocated_plan_values() -> dict[str, Any]:
+    """tests/helm/colocated-plan-values.yaml: a colocated plan as `pdserve plan --out` writes it."""
+    return load_values(COLOCATED_PLAN_VALUES)
+

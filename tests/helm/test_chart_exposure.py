@@ -115,3 +115,17 @@ def test_grafana_dashboard_charts_every_pdserve_metric_and_nothing_else(render):
     histograms = [e for e in exprs if "histogram_quantile" in e]
     assert histograms and all("_bucket" in e and "by (le)" in e for e in histograms)
     assert any(v["name"] == "datasource" for v in dashboard["templating"]["list"])
+
+
+def test_service_monitor_scrapes_only_the_pools_that_run(render, colocated_plan_values):
+    rendered = render({**colocated_plan_values, "metrics": {"serviceMonitor": {"enabled": True}}})
+    spec = rendered.one("ServiceMonitor", "pdserve")["spec"]
+    scraped = [s for s in rendered.all("Service") if selects(spec["selector"],
+                                                             s["metadata"]["labels"])]
+    assert sorted(s["metadata"]["name"] for s in scraped) == ["pdserve-colocated",
+                                                              "pdserve-router"]
+    (expression,) = spec["selector"]["matchExpressions"]
+    assert expression["values"] == ["router", "colocated"]
+    (endpoint,) = spec["endpoints"]
+    for service in scraped:
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}

@@ -1,5 +1,6 @@
-"""NetworkPolicy: only the router is reachable from outside; worker HTTP ports only from the
-router; KV ports only between prefill and decode; Redis only from the release's pdserve pods.
+"""NetworkPolicy: only the router is reachable from outside; worker HTTP ports (every pool) only
+from the router; KV ports only between prefill and decode, never to or from colocated workers;
+Redis only from the release's pdserve pods.
 Connections are judged by fake_cni, which applies the documented NetworkPolicy semantics."""
 
 from __future__ import annotations
@@ -138,3 +139,43 @@ def test_every_kv_port_of_a_tensor_parallel_prefill_is_open_to_decode(render):
         assert allows(policies, pods["decode"], pods["prefill"], port)
         assert not allows(policies, pods["router"], pods["prefill"], port)
     assert not allows(policies, pods["decode"], pods["prefill"], KV + 4)
+
+
+@pytest.fixture
+def colocated_cluster(render, colocated_plan_values):
+    rendered = render(colocated_plan_values)
+    return rendered.all("NetworkPolicy"), pods_of(rendered)
+
+
+def test_router_reaches_colocated_workers_and_nothing_else_does(colocated_cluster):
+    policies, pods = colocated_cluster
+    assert set(pods) == {"router", "colocated", "redis"}
+    colocated = pods["colocated"]
+    assert allows(policies, pods["router"], colocated, WORKER_HTTP)
+    assert not allows(policies, None, colocated, WORKER_HTTP)
+    assert not allows(policies, pods["redis"], colocated, WORKER_HTTP)
+    assert not allows(policies, other_release_pod("router"), colocated, WORKER_HTTP)
+    # A colocated worker has no KV listener, and nothing may reach it on the KV or UCX ports.
+    assert "kv" not in colocated.ports
+    for port in (KV, 20000):
+        assert not allows(policies, pods["router"], colocated, port)
+        assert not allows(policies, colocated, colocated, port)
+
+
+def test_redis_accepts_colocated_workers(colocated_cluster):
+    policies, pods = colocated_cluster
+    assert allows(policies, pods["colocated"], pods["redis"], REDIS)
+    assert not allows(policies, other_release_pod("colocated"), pods["redis"], REDIS)
+
+
+def test_colocated_beside_the_pair_opens_no_kv_path_to_or_from_it(render):
+    rendered = render({"colocated": {"replicas": 1}, "networkPolicy": {"metricsFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
+    policies, pods = rendered.all("NetworkPolicy"), pods_of(rendered)
+    prometheus = Pod(name="prometheus", labels={"app": "prometheus"}, namespace="monitoring")
+    assert allows(policies, pods["router"], pods["colocated"], WORKER_HTTP)
+    assert allows(policies, prometheus, pods["colocated"], WORKER_HTTP)
+    for role in ("prefill", "decode"):
+        assert not allows(policies, pods["colocated"], pods[role], KV)
+        assert not allows(policies, pods[role], pods["colocated"], KV)
+    assert allows(policies, pods["decode"], pods["prefill"], KV)

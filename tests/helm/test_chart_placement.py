@@ -1,5 +1,6 @@
 """Placement from the plan: low node affinity puts every decode pod on a node with a prefill pod
-(KV over NVLink); high node affinity only spreads each pool over nodes."""
+(KV over NVLink); high node affinity only spreads each pool over nodes. A colocated pool moves
+no KV and always just spreads."""
 
 from __future__ import annotations
 
@@ -79,3 +80,22 @@ def test_explicit_pool_affinity_replaces_the_computed_one(render):
             {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
     rendered = render({"placement": {"affinity": "low"}, "decode": {"affinity": custom}})
     assert affinity(rendered, "decode") == custom
+
+
+def test_colocated_pool_spreads_over_nodes_whatever_the_placement(render):
+    for placement in ("high", "low"):
+        rendered = render({"colocated": {"replicas": 2}, "placement": {"affinity": placement}})
+        colocated = affinity(rendered, "colocated")
+        assert "podAffinity" not in colocated
+        assert spreads_own_pool(rendered, "colocated")
+        (term,) = colocated["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["weight"] == 100
+
+
+def test_node_selector_and_tolerations_reach_the_colocated_pool(render, colocated_plan_values):
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    rendered = render({**colocated_plan_values, "placement": {"nodeSelector": {"pool": "a100"},
+                                                              "tolerations": [toleration]}})
+    spec = rendered.pod_spec("pdserve-colocated")
+    assert spec["nodeSelector"] == {"pool": "a100"}
+    assert spec["tolerations"] == [toleration]

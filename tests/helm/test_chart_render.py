@@ -13,7 +13,8 @@ KUBE_VERSION = "1.30"
 # Kinds defined by CRDs (Prometheus Operator, Gateway API): kubernetes-validate ships only the
 # built-in schemas, so test_chart_exposure.py asserts their structure instead.
 CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
-PDSERVE_WORKLOADS = ("pdserve-router", "pdserve-prefill", "pdserve-decode")
+# The worker pools each values set runs; the others run the prefill/decode pair.
+POOLS = {"colocated-plan": ("colocated",), "everything": ("prefill", "decode", "colocated")}
 
 
 def test_helm_lint_reports_no_warnings_or_errors(values_set, chart_dir):
@@ -40,15 +41,18 @@ def test_every_manifest_validates_against_kubernetes_schemas_in_strict_mode(valu
     assert validated >= 12
 
 
-def test_release_has_every_component(values_set, render):
-    rendered = render(values_set[1])
-    for name in PDSERVE_WORKLOADS:
-        assert rendered.has("Deployment", name)
-    for name in ("pdserve-router", "pdserve-prefill", "pdserve-decode"):
-        assert rendered.has("Service", name)
+def test_release_has_every_component_of_its_pools_and_nothing_of_the_others(values_set, render):
+    name, values = values_set
+    rendered = render(values)
+    pools = POOLS.get(name, ("prefill", "decode"))
+    for kind in ("Deployment", "Service"):
+        assert rendered.has(kind, "pdserve-router")
+    for role in ("prefill", "decode", "colocated"):
+        for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+            assert rendered.has(kind, f"pdserve-{role}") == (role in pools), f"{kind} {role}"
     assert rendered.has("ConfigMap", "pdserve-engine")
     assert rendered.has("Secret", "pdserve")
-    headless = [rendered.one("Service", f"pdserve-{role}") for role in ("prefill", "decode")]
+    headless = [rendered.one("Service", f"pdserve-{role}") for role in pools]
     assert all(s["spec"]["clusterIP"] == "None" for s in headless)
 
 
@@ -148,7 +152,9 @@ def test_containers_run_non_root_on_a_read_only_root_filesystem(values_set, rend
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"]["drop"] == ["ALL"]
             assert set(context["capabilities"].get("add", [])) <= {"IPC_LOCK"}
-    for name in PDSERVE_WORKLOADS:
+    pdserve = [w["metadata"]["name"] for w in rendered.workloads()
+               if w["metadata"]["name"] != "pdserve-redis"]
+    for name in pdserve:
         mounts = {m["mountPath"] for m in rendered.container(name)["volumeMounts"]}
         assert "/tmp" in mounts, f"{name} has nothing writable for caches"
 
@@ -162,14 +168,15 @@ def test_workers_get_a_memory_backed_shared_memory_volume(render):
         assert mounts["shm"] == "/dev/shm"
 
 
-def test_pod_disruption_budgets_cover_each_pool(render):
-    rendered = render({"decode": {"replicas": 0}})
-    for role in ("router", "prefill"):
+def test_pod_disruption_budgets_cover_each_pool(render, colocated_plan_values):
+    rendered = render(colocated_plan_values)
+    for role in ("router", "colocated"):
         budget = rendered.one("PodDisruptionBudget", f"pdserve-{role}")
         assert budget["spec"]["maxUnavailable"] == 1
         labels = rendered.one("Deployment", f"pdserve-{role}")["spec"]["template"]["metadata"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels["labels"].items()
     # An empty pool needs no budget.
+    assert not rendered.has("PodDisruptionBudget", "pdserve-prefill")
     assert not rendered.has("PodDisruptionBudget", "pdserve-decode")
 
 
@@ -188,7 +195,7 @@ def test_labels_follow_kubernetes_recommended_labels(values_set, render):
         assert labels["app.kubernetes.io/name"] == "pdserve"
         assert labels["app.kubernetes.io/instance"] == "pdserve"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "pdserve-0.1.0"
+        assert labels["helm.sh/chart"] == "pdserve-0.2.0"
 
 
 def test_notes_tell_the_user_how_to_reach_and_check_the_endpoint(render, plan_values):
@@ -196,8 +203,9 @@ def test_notes_tell_the_user_how_to_reach_and_check_the_endpoint(render, plan_va
     assert "kubectl -n llm port-forward svc/pdserve-router 8000:8000" in notes
     assert "$PDSERVE_URL/health" in notes
     assert '"model": "facebook/opt-66b"' in notes
-    assert "prefill  2 pod(s) x 4 nvidia.com/gpu" in notes
-    assert "decode   3 pod(s) x 2 nvidia.com/gpu" in notes
+    assert "prefill   2 pod(s) x 4 nvidia.com/gpu" in notes
+    assert "decode    3 pod(s) x 2 nvidia.com/gpu" in notes
+    assert "colocated" not in notes
     exposed = render({"router": {"ingress": {"enabled": True, "host": "llm.example.com"}}}).notes
     assert "export PDSERVE_URL=http://llm.example.com" in exposed
     assert "without API keys" in exposed
@@ -210,4 +218,4 @@ def test_packaged_chart_renders_the_same_manifests(chart_dir, tmp_path):
               "redis": {"password": "p"}}
     with helm.Chart.load(archive) as packaged, helm.Chart.load(chart_dir) as source:
         assert packaged.render(values, name="pdserve") == source.render(values, name="pdserve")
-        assert packaged.metadata["version"] == "0.1.0"
+        assert packaged.metadata["version"] == "0.2.0"

@@ -11,6 +11,14 @@ REJECTED = {
     "negative prefill replicas": ({"prefill": {"replicas": -1}}, "/prefill/replicas"),
     "negative decode replicas": ({"decode": {"replicas": -2}}, "/decode/replicas"),
     "negative router replicas": ({"router": {"replicas": -1}}, "/router/replicas"),
+    "negative colocated replicas": ({"colocated": {"replicas": -1}}, "/colocated/replicas"),
+    "colocated pipeline parallelism": ({"colocated": {"pipelineParallelSize": 2}},
+                                       "/colocated/pipelineParallelSize"),
+    # A both-role worker has no KV listener: a KV port is a mistake, not a setting.
+    "colocated kv port": ({"colocated": {"ports": {"http": 8100, "kv": 8200}}},
+                          "/colocated/ports"),
+    "prefill without a kv port": ({"prefill": {"ports": {"http": 8100, "kv": None}}},
+                                  "/prefill/ports"),
     "tensor parallel size 0": ({"prefill": {"tensorParallelSize": 0}},
                                "/prefill/tensorParallelSize"),
     "fractional tensor parallel size": ({"decode": {"tensorParallelSize": 1.5}},
@@ -55,8 +63,13 @@ def test_shipped_values_files_pass(chart, chart_dir, name):
     chart.validate_schema(yaml.safe_load((chart_dir / name).read_text()))
 
 
-def test_plan_values_pass(chart, plan_values):
+def test_plan_values_pass(chart, plan_values, colocated_plan_values):
     chart.validate_schema(plan_values)
+    chart.validate_schema(colocated_plan_values)
+
+
+def test_every_pool_accepts_zero_replicas(chart):
+    chart.validate_schema({role: {"replicas": 0} for role in ("prefill", "decode", "colocated")})
 
 
 def test_nullable_engine_limits_accept_numbers_and_null(chart):

@@ -1,5 +1,5 @@
 """The prefill and decode pools: planned replicas, one GPU per tensor-parallel shard, the model
-source, CPU mode and the RDMA knobs."""
+source, CPU mode and the RDMA knobs (test_chart_colocated.py covers the colocated pool)."""
 
 from __future__ import annotations
 
@@ -42,9 +42,13 @@ def test_gpu_resource_name_is_configurable(render):
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
-def test_zero_replicas_is_a_valid_plan(render):
-    rendered = render({"decode": {"replicas": 0}})
-    assert rendered.one("Deployment", "pdserve-decode")["spec"]["replicas"] == 0
+def test_a_pool_at_zero_replicas_renders_nothing(render):
+    rendered = render({"prefill": {"replicas": 0}, "decode": {"replicas": 0},
+                       "colocated": {"replicas": 1}})
+    for role in ("prefill", "decode"):
+        name = f"pdserve-{role}"
+        named = [m["kind"] for m in rendered.manifests if m["metadata"]["name"] == name]
+        assert named == [], f"{role} at 0 replicas still renders {named}"
 
 
 def test_cpu_values_request_no_gpu_and_run_the_builtin_model_on_cpu(render, chart_dir):

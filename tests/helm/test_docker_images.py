@@ -1,9 +1,11 @@
 """docker/Dockerfile.cuda and docker/Dockerfile.cpu, read as Docker would parse them (no Docker
 engine runs here to build them): pinned versions as build arguments, the `pdserve` entrypoint,
-a non-root user that matches the chart, and what the chart's containers call."""
+a non-root user that matches the chart, and what the chart's containers call: every worker
+pool's arguments, after the `pdserve` entrypoint, are a command line the real CLI accepts."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tomllib
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from services.cli import COMMANDS
+from services.worker import build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {"cuda": REPO / "docker" / "Dockerfile.cuda", "cpu": REPO / "docker" / "Dockerfile.cpu"}
@@ -155,3 +160,37 @@ def test_python_meets_the_project_requirement():
     required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     minimum = tuple(int(p) for p in required.removeprefix(">=").split("."))
     assert tuple(int(p) for p in args["PYTHON_VERSION"].split(".")) >= minimum
+
+
+def kubelet_expand(args: list[str], variables: dict[str, str]) -> list[str]:
+    """The arguments as the kubelet passes them: $(VAR) replaced from the container's variables."""
+    return [re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: variables[m.group(1)], a) for a in args]
+
+
+@pytest.mark.parametrize("component,role", [("prefill", "prefill"), ("decode", "decode"),
+                                            ("colocated", "both")])
+def test_worker_arguments_are_a_pdserve_command_line(render, component, role):
+    rendered = render({"colocated": {"replicas": 1, "tensorParallelSize": 2,
+                                     "maxNumBatchedTokens": 512}})
+    config = rendered.engine_config()
+    container = rendered.container(f"pdserve-{component}")
+    variables = {**config, "POD_IP": "10.0.0.7"}
+    args = kubelet_expand(container["args"], variables)
+    # The image runs `pdserve ARGS`: the first argument picks the subcommand module.
+    command, rest = args[0], args[1:]
+    assert command in COMMANDS, f"pdserve has no subcommand {command!r}"
+    module = importlib.import_module(COMMANDS[command][0])
+    assert callable(module.main)
+    # `pdserve prefill` and `pdserve decode` are the worker with its role fixed; `pdserve worker`
+    # takes --role.
+    fixed_role = command if command in ("prefill", "decode") else None
+    parsed = build_parser(f"pdserve {command}", fixed_role).parse_args(rest)
+    settings = settings_from_args(parsed, fixed_role or parsed.role)
+    assert settings.role == role
+    assert settings.port == container["ports"][0]["containerPort"]
+    assert settings.advertise_host == "10.0.0.7"
+    assert settings.model == config["ENGINE_MODEL"]
+    assert settings.kv_backend == config["ENGINE_KV_BACKEND"]
+    if component == "colocated":
+        assert settings.tensor_parallel_size == 2
+        assert settings.max_num_batched_tokens == 512
