@@ -74,6 +74,7 @@ def plan(profile: Path, workload: str, rates: list[float], tpot: float, out: Pat
          args) -> dict:
     cmd = [PDSERVE, "plan", "--model", MODEL, "--gpu", "cpu", "--nodes", "1",
            "--gpus-per-node", "2", "--max-tp", "1", "--latency-model", str(profile),
+           "--deployment", "disaggregated",  # the shape `pdserve up` runs here
            "--workload", workload, "--ttft", str(args.slo_ttft), "--tpot", str(tpot),
            "--predict-at", ",".join(f"{r:g}" for r in rates), "--json", str(out)]
     print("$", " ".join(cmd[1:]).replace(str(ROOT) + "/", ""), flush=True)

@@ -57,6 +57,12 @@ goodput: the highest request rate at which --attainment of requests meet the TTF
 reported per GPU so deployments of different sizes compare. A disaggregated configuration's
 goodput per GPU mixes prefill and decode instances in the ideal ratio (high affinity) or in the
 per-node layout (low affinity); the replicas column is what fits the cluster or the --rate.
+
+recommendation: the disaggregated plan, or colocated workers (prefill and decode in one
+engine, chunked prefill) when they serve more than 2% more per GPU (the goodput search's
+resolution); --out writes the prefill and decode pools, or prefill and decode at 0 replicas
+and the colocated pool. The baseline row is the best colocated deployment under any
+scheduling policy, including vLLM's prefill-first, which pdserve's engine does not run.
 """
 
 
@@ -111,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pdserve plan",
         description="Search prefill/decode tensor and pipeline parallelism, replica counts and "
                     "placement for the highest goodput per GPU under TTFT/TPOT SLOs; compare "
-                    "with colocated serving; write Helm values that deploy the plan.",
+                    "with colocated serving and recommend whichever serves more; write Helm "
+                    "values that deploy the recommendation.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     need = parser.add_argument_group("what to plan")
@@ -137,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--affinity", choices=["high", "low", "auto"], default="auto",
                      help="high: instances anywhere, KV over the network; low: prefill and "
                           "decode share nodes, KV over NVLink; auto (default): best of both")
+    how.add_argument("--deployment", choices=["auto", "disaggregated", "colocated"],
+                     default="auto",
+                     help="what to recommend and write as Helm values: auto (default) picks "
+                          "disaggregated prefill/decode or colocated workers (each doing both, "
+                          "chunked prefill), whichever serves more requests per GPU")
     how.add_argument("--latency-model", default="auto",
                      help="roofline (analytic), distserve (DistServe's A100-80GB fit), a "
                           "profile file from `pdserve profile`, or auto (default: distserve "
@@ -266,7 +278,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     slo = Slo(args.ttft, args.tpot, args.attainment)
     context = Context(model, cluster, latency, limits, slo,
                       Sample(requests.prompt_lens, requests.output_lens, gaps))
-    settings = SearchSettings(args.affinity, args.max_tp, args.max_pp, args.rate, args.workers)
+    settings = SearchSettings(args.affinity, args.max_tp, args.max_pp, args.rate, args.workers,
+                              args.deployment)
     progress = Progress()
     try:
         result = search(context, memory_model(latency, model, cluster, limits), settings,
@@ -290,12 +303,12 @@ def run(args: argparse.Namespace, command: str) -> int:
             once = workload.sample(len(workload.pool), args.seed, model.max_context)
             context = replace(context, sample=Sample(once.prompt_lens, once.output_lens,
                                                      once.unit_gaps or []))
-            print(f"predicted for the best plan, the trace's {len(once)} requests sent once "
-                  f"(its own pace is {workload.trace_rate:.4g} req/s):")
+            print(f"predicted for the recommended plan, the trace's {len(once)} requests "
+                  f"sent once (its own pace is {workload.trace_rate:.4g} req/s):")
         else:
-            print("predicted for the best plan:")
+            print("predicted for the recommended plan:")
         for rate in args.predict_at:
-            p = predict(context, result.best, rate, once=workload.is_trace)
+            p = predict(context, result.recommended, rate, once=workload.is_trace)
             predictions.append(p.to_json())
             print(f"  at {rate:g} req/s: {p.attainment:.1%} meet both SLOs, p90 TTFT "
                   f"{p.ttft_p90:.3f} s, p90 TPOT {p.tpot_p90:.3f} s")

@@ -15,27 +15,31 @@ def _pool(role: RolePlan) -> dict:
 
 
 def render_values(result: SearchResult, model: ModelSpec, command: str, slo_line: str) -> str:
-    """The values file text: header comments, then prefill, decode, placement and model."""
-    plan: Plan = result.best
-    if plan.prefill is None or plan.decode is None:
-        raise PlannerError("only a disaggregated plan can be written as Helm values")
-    if plan.prefill.pp > 1 or plan.decode.pp > 1:
+    """The values file text: header comments, then the recommended pools, placement and model."""
+    plan: Plan = result.recommended
+    if any(role.pp > 1 for role in plan.roles):
         raise PlannerError("the plan uses pipeline parallelism, which the engine and chart do not "
                            "support yet; plan with --max-pp 1 to write Helm values")
-    values: dict = {
-        "prefill": _pool(plan.prefill),
-        "decode": _pool(plan.decode),
-        "placement": {"affinity": plan.affinity},
-    }
+    if plan.colocated is not None:
+        # Both pools of the pair at zero: the chart then runs only both-role workers.
+        colocated = _pool(plan.colocated) | {"maxNumBatchedTokens": plan.budget}
+        values: dict = {"prefill": {"replicas": 0}, "decode": {"replicas": 0},
+                        "colocated": colocated}
+        versus = (f", {plan.goodput_per_gpu / result.best.goodput_per_gpu:.2f}x the best "
+                  "disaggregated deployment")
+    else:
+        assert plan.prefill is not None and plan.decode is not None
+        values = {"prefill": _pool(plan.prefill), "decode": _pool(plan.decode),
+                  "placement": {"affinity": plan.affinity}}
+        gain = result.gain
+        versus = f", {gain:.2f}x the best colocated deployment" if gain else ""
     if model.hf_id:
         values["model"] = {"source": "huggingface", "name": model.hf_id}
-    gain = result.gain
     header = [
         f"# Written by: {command}",
         f"# SLOs: {slo_line}",
         f"# Predicted goodput: {plan.goodput_per_gpu:.3g} req/s per GPU "
-        f"({plan.capacity:.3g} req/s on {plan.gpus} GPUs)"
-        + (f", {gain:.2f}x the best colocated deployment" if gain else ""),
+        f"({plan.capacity:.3g} req/s on {plan.gpus} GPUs){versus}",
     ]
     if plan.predicted is not None:
         p = plan.predicted

@@ -74,8 +74,11 @@ class Plan:
         return sum(r.gpus for r in self.roles)
 
     def to_json(self) -> dict:
+        scheduling = ({"budget": self.budget, "policy": self.policy}
+                      if self.kind == "colocated" else {})
         return {
             "kind": self.kind,
+            **scheduling,
             "configuration": self.label(),
             "prefill": self.prefill.to_json() if self.prefill else None,
             "decode": self.decode.to_json() if self.decode else None,
@@ -106,10 +109,26 @@ class SearchResult:
     dropped: list[tuple[str, str]]  # (configuration, reason) dropped before simulation
     latency_model: str
     num_requests: int
+    deployment: str = "disaggregated"  # the kind recommended: "disaggregated" or "colocated"
 
     @property
     def best(self) -> Plan:
+        """The best disaggregated plan."""
         return self.plans[0]
+
+    @property
+    def deployable_colocated(self) -> Plan | None:
+        """The best colocated plan pdserve's engine runs (chunked prefill)."""
+        return deployable_colocated(self.colocated)
+
+    @property
+    def recommended(self) -> Plan:
+        """What to deploy: the best disaggregated plan, or the best deployable colocated one."""
+        if self.deployment == "colocated":
+            plan = self.deployable_colocated
+            assert plan is not None
+            return plan
+        return self.best
 
     @property
     def best_colocated(self) -> Plan | None:
@@ -130,3 +149,8 @@ class SearchResult:
         if base is None or base.goodput_per_gpu <= 0:
             return None
         return self.best.goodput_per_gpu / base.goodput_per_gpu
+
+
+def deployable_colocated(colocated: list[Plan]) -> Plan | None:
+    """The first colocated plan with chunked prefill: prefill-first is only DistServe's baseline."""
+    return next((p for p in colocated if p.policy == "chunked"), None)

@@ -30,11 +30,13 @@ def _replicas(plan: Plan) -> str:
 
 
 def table(result: SearchResult) -> str:
-    """Best plan, runners-up and the best colocated deployment, one row each."""
+    """The recommended plan, runners-up and the best colocated deployment, one row each."""
     rows = [("", "configuration", "GPUs", "goodput/GPU", "p90 TTFT", "p90 TPOT", "attain",
              "replicas", "serves", "vs colocated")]
     base = result.best_colocated
-    shown = result.plans[:1 + RUNNERS_UP] + ([base] if base else [])
+    chosen = result.recommended
+    others = [p for p in result.plans[:1 + RUNNERS_UP] if p is not chosen][:RUNNERS_UP]
+    shown = [chosen, *others] + ([base] if base and base is not chosen else [])
     for i, plan in enumerate(shown):
         p = plan.predicted
         gain = (f"{plan.goodput_per_gpu / base.goodput_per_gpu:.2f}x"
@@ -63,28 +65,51 @@ def table(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
-def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
-    """A few sentences on the chosen plan and what the search ruled out."""
-    best = result.best
+def _disaggregated_lines(best: Plan, slo: Slo, target: str) -> list[str]:
     assert best.prefill is not None and best.decode is not None
     lines = [
-        f"Best: {best.label()}. {best.layout}.",
         f"  one prefill {best.prefill.shape()} instance sustains {best.prefill.goodput:.3g} req/s "
         f"within TTFT {slo.ttft:g} s; one decode {best.decode.shape()} instance "
         f"{best.decode.goodput:.3g} req/s within TPOT {slo.tpot:g} s "
         f"(each for {slo.attainment:.0%} of requests).",
     ]
-    target = f"the target {rate:g} req/s" if rate is not None else "the whole cluster"
     serves = (f"  {best.prefill.replicas} prefill + {best.decode.replicas} decode instances "
               f"({best.gpus} GPUs) for {target}: they serve up to {best.capacity:.3g} req/s")
     if best.affinity == "high":
         serves += (f" ({best.capacity / best.gpus:.3g} per GPU; the goodput per GPU above "
                    "mixes the roles in the ideal ratio, which whole instances only approach)")
-    lines.append(serves + ".")
-    if best.predicted is not None:
-        p = best.predicted
+    return [*lines, serves + "."]
+
+
+def _colocated_lines(plan: Plan, slo: Slo, target: str) -> list[str]:
+    assert plan.colocated is not None
+    role = plan.colocated
+    return [
+        f"  one colocated {role.shape()} instance sustains {role.goodput:.3g} req/s within TTFT "
+        f"{slo.ttft:g} s and TPOT {slo.tpot:g} s (for {slo.attainment:.0%} of requests).",
+        f"  {role.replicas} colocated instances ({plan.gpus} GPUs) for {target}: they serve up "
+        f"to {plan.capacity:.3g} req/s.",
+    ]
+
+
+def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
+    """A few sentences on the chosen plan and what the search ruled out."""
+    chosen, best = result.recommended, result.best
+    target = f"the target {rate:g} req/s" if rate is not None else "the whole cluster"
+    lines = [f"Best: {chosen.label()}. {chosen.layout}."]
+    if chosen.kind == "colocated":
+        lines += _colocated_lines(chosen, slo, target)
+    else:
+        lines += _disaggregated_lines(chosen, slo, target)
+    if chosen.predicted is not None:
+        p = chosen.predicted
         lines.append(f"  Simulated end to end at {p.rate:.3g} req/s: {p.attainment:.1%} of "
                      "requests meet both SLOs.")
+    if chosen.kind == "colocated":
+        lines.append(f"  Recommended over the best disaggregated plan ({best.label()}, "
+                     f"{best.goodput_per_gpu:.3g} req/s per GPU): it serves "
+                     f"{chosen.goodput_per_gpu / best.goodput_per_gpu:.2f}x as many requests per "
+                     "GPU. --deployment disaggregated plans that one instead.")
     gain = result.gain
     base = result.best_colocated
     if gain is not None and base is not None:
@@ -106,7 +131,8 @@ def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
 
 def plan_json(result: SearchResult, model: ModelSpec, cluster: Cluster, slo: Slo,
               limits: EngineLimits, workload: str, rate: float | None, command: str) -> dict:
-    """plan.json: the chosen deployment first (times in s, rates in req/s), then the context."""
+    """plan.json (times in s, rates in req/s): the best disaggregated plan, then which kind
+    is recommended ("deployment") and that plan in full ("recommended"), then the context."""
     best = result.best
     base = result.best_colocated
     assert best.prefill is not None and best.decode is not None
@@ -121,6 +147,8 @@ def plan_json(result: SearchResult, model: ModelSpec, cluster: Cluster, slo: Slo
         "predicted": predicted,
         "placement": {"affinity": best.affinity, "layout": best.layout},
         "capacity": best.capacity,
+        "deployment": result.deployment,
+        "recommended": result.recommended.to_json(),
         "target_rate": rate,
         "slo": asdict(slo),
         "model": {"name": model.name, "hf_id": model.hf_id, "dtype": model.dtype},

@@ -10,6 +10,8 @@
    ignores latency), skipping a task whose bound per GPU is already below the best goodput per GPU
    found for its kind: it cannot win.
 4. Combine goodputs into deployments (placement.py), then simulate the best ones end to end.
+5. Recommend the disaggregated or the colocated deployment, whichever serves more requests
+   per GPU (or the kind --deployment asks for).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from planner.arrivals import arrival_times
 from planner.errors import InfeasibleError, SloUnreachableError
 from planner.goodput import (
+    TOLERANCE,
     PhaseOutcome,
     PhaseTask,
     instance_spec,
@@ -36,7 +39,7 @@ from planner.placement import (
     high_affinity_plans,
     low_affinity_plans,
 )
-from planner.plan import Plan, Prediction, RolePlan, SearchResult
+from planner.plan import Plan, Prediction, RolePlan, SearchResult, deployable_colocated
 from planner.simulator import InstanceSpec, simulate_deployment
 from planner.worker import Context, evaluate_json, init_worker, task_to_json
 
@@ -53,6 +56,7 @@ class SearchSettings:
     max_pp: int = 1
     rate: float | None = None  # target total rate, requests/s; None: fill the cluster
     workers: int = 1
+    deployment: str = "auto"  # "disaggregated", "colocated" or "auto" (more goodput per GPU)
 
 
 def _divisors(n: int, limit: int) -> list[int]:
@@ -266,7 +270,29 @@ def search(context: Context, memory: MemoryModel, settings: SearchSettings,
         raise InfeasibleError(f"the target rate of {rate:g} req/s needs at least {need} GPUs "
                               f"in whole instances; the cluster has {cluster.total_gpus}")
     colocated = colocated_plans([o for o in good if o.task.phase == "colocated"], cluster, rate)
-    for plan in plans[:VERIFIED_PLANS] + colocated[:1]:
+    deployable = deployable_colocated(colocated)
+    deployment = choose_deployment(settings.deployment, plans[0], deployable, context)
+    verified = plans[:VERIFIED_PLANS] + colocated[:1]
+    if deployable is not None and deployable not in verified:
+        verified.append(deployable)
+    for plan in verified:
         plan.predicted = predict(context, plan, rate if rate is not None else plan.capacity)
     return SearchResult(plans, colocated, outcomes, dropped, context.latency.name,
-                        len(sample.prompts))
+                        len(sample.prompts), deployment)
+
+
+def choose_deployment(wanted: str, disaggregated: Plan, colocated: Plan | None,
+                      context: Context) -> str:
+    """The kind to recommend: as asked, or under "auto" whichever serves more per GPU."""
+    if wanted == "colocated" and colocated is None:
+        slo = context.slo
+        raise SloUnreachableError(
+            f"no colocated configuration with chunked prefill meets TTFT {slo.ttft:g} s and "
+            f"TPOT {slo.tpot:g} s for {slo.attainment:.0%} of requests on this cluster; "
+            "drop --deployment colocated to deploy the disaggregated plan")
+    if wanted == "auto" and colocated is not None:
+        # Goodputs are bisected to within TOLERANCE, so a closer race is a tie; ties go to
+        # disaggregation, which scales each phase on its own as the traffic mix changes.
+        ahead = colocated.goodput_per_gpu > disaggregated.goodput_per_gpu * (1 + TOLERANCE)
+        return "colocated" if ahead else "disaggregated"
+    return "colocated" if wanted == "colocated" else "disaggregated"

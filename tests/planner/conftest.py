@@ -67,8 +67,21 @@ def distserve_memory():
 
 @pytest.fixture(scope="session")
 def small_plan(opt13b, distserve_13b):
-    """(result, context) of a quick search: OPT-13B on 1 x 4 A100s, DistServe's chatbot SLOs."""
+    """(result, context) of a quick search: OPT-13B on 1 x 4 A100s, DistServe's chatbot SLOs,
+    recommending the disaggregated plan (--deployment disaggregated)."""
     from planner.search import SearchSettings, search
 
     context = _context(opt13b, distserve_13b, 1, 4, sample=_sample(80))
-    return search(context, _memory(context), SearchSettings()), context
+    return search(context, _memory(context), SearchSettings(deployment="disaggregated")), context
+
+
+@pytest.fixture(scope="session")
+def colocated_plan(opt13b, distserve_13b):
+    """(result, context) of the same search left to choose: colocated workers with chunked
+    prefill serve more per GPU there, so it recommends them."""
+    from planner.search import SearchSettings, search
+
+    context = _context(opt13b, distserve_13b, 1, 4, sample=_sample(80))
+    result = search(context, _memory(context), SearchSettings())
+    assert result.deployment == "colocated"
+    return result, context

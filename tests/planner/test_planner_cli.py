@@ -26,7 +26,7 @@ PDSERVE = Path(sys.executable).parent / "pdserve"
 def test_plan_prints_a_table_and_writes_values_and_json(tmp_path, capsys):
     values, plan = tmp_path / "values.yaml", tmp_path / "plan.json"
     status = main([*OPT13B, "--ttft", "0.25", "--tpot", "0.1", *QUICK,
-                   "--out", str(values), "--json", str(plan)])
+                   "--deployment", "disaggregated", "--out", str(values), "--json", str(plan)])
     out = capsys.readouterr().out
     assert status == 0
     assert "goodput/GPU" in out and "baseline" in out and "Best: P " in out
@@ -37,6 +37,24 @@ def test_plan_prints_a_table_and_writes_values_and_json(tmp_path, capsys):
     assert written["placement"]["affinity"] == data["placement"]["affinity"]
     assert data["latency_model"].startswith("profile")  # auto picked DistServe's A100 fit
     assert data["gpus"] <= 4 and data["slo"] == {"ttft": 0.25, "tpot": 0.1, "attainment": 0.9}
+
+
+def test_plan_recommends_and_writes_colocated_workers_when_they_serve_more(tmp_path, capsys):
+    # DistServe's chatbot SLOs on four A100s: chunked-prefill workers doing both phases win.
+    values, plan = tmp_path / "values.yaml", tmp_path / "plan.json"
+    status = main([*OPT13B, "--ttft", "0.25", "--tpot", "0.1", *QUICK,
+                   "--out", str(values), "--json", str(plan)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "Best: colocated" in out and "Recommended over the best disaggregated plan" in out
+    data = json.loads(plan.read_text())
+    assert data["deployment"] == "colocated"
+    written = yaml.safe_load(values.read_text())
+    assert written["prefill"] == {"replicas": 0} and written["decode"] == {"replicas": 0}
+    pool = data["recommended"]["colocated"]
+    assert written["colocated"]["replicas"] == pool["replicas"]
+    assert written["colocated"]["tensorParallelSize"] == pool["tp"]
+    assert "placement" not in written
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -126,6 +144,7 @@ def test_a_trace_is_predicted_as_sent_once(tmp_path, capsys):
     status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "2",
                    "--workload", str(trace), "--ttft", "2", "--tpot", "0.2",
                    "--latency-model", str(_cpu_profile(tmp_path)), "--predict-at", "0.5,40",
+                   "--deployment", "disaggregated",  # one prefill + one decode, as measured
                    *QUICK, "--json", str(tmp_path / "plan.json")])
     out = capsys.readouterr().out
     assert status == 0

@@ -67,3 +67,22 @@ def test_pipeline_plans_cannot_be_written(small_plan):
     piped = replace(result, plans=[replace(best, prefill=replace(best.prefill, pp=2))])
     with pytest.raises(PlannerError, match="--max-pp 1"):
         render_values(piped, load_model("opt-13b"), "c", "s")
+
+
+def test_a_colocated_plan_is_written_as_the_colocated_pool(colocated_plan, opt13b):
+    result, _ = colocated_plan
+    text = render_values(result, opt13b, "pdserve plan", "slo")
+    values = yaml.safe_load(text)
+    chosen = result.recommended
+    assert values == {
+        "prefill": {"replicas": 0},
+        "decode": {"replicas": 0},
+        "colocated": {"replicas": chosen.colocated.replicas,
+                      "tensorParallelSize": chosen.colocated.tp, "pipelineParallelSize": 1,
+                      "maxNumBatchedTokens": chosen.budget},
+        "model": {"source": "huggingface", "name": "facebook/opt-13b"},
+    }
+    assert "the best disaggregated deployment" in text
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.validate(merged(defaults, values), schema)

@@ -41,3 +41,27 @@ def test_plan_json_has_the_fields_the_issue_lists(small_plan):
     assert 0 < data["predicted"]["ttft_p90"] < 5  # seconds, not milliseconds
     assert data["gain_over_colocated"] == data["goodput_per_gpu"] / data[
         "colocated_goodput_per_gpu"]
+
+
+def test_a_colocated_recommendation_leads_the_table_and_says_what_it_beats(colocated_plan):
+    result, context = colocated_plan
+    lines = table(result).splitlines()
+    assert lines[2].split()[:2] == ["best", "colocated"] and "chunked" in lines[2]
+    disaggregated = [line for line in lines[3:] if line.split()[1] == "P"]
+    assert disaggregated and disaggregated[0].split()[0] == "#2"
+    text = explain(result, context.slo, None)
+    assert text.startswith("Best: colocated tp")
+    assert f"Recommended over the best disaggregated plan ({result.best.label()}" in text
+    assert "--deployment disaggregated" in text
+
+
+def test_plan_json_names_the_recommended_deployment(colocated_plan):
+    result, context = colocated_plan
+    data = plan_json(result, context.model, context.cluster, context.slo, context.limits,
+                     "synthetic:in=755,out=187", None, "pdserve plan ...")
+    assert data["deployment"] == "colocated"
+    chosen = data["recommended"]
+    assert chosen["kind"] == "colocated" and chosen["policy"] == "chunked"
+    assert chosen["colocated"]["replicas"] >= 1 and chosen["budget"] > 0
+    assert chosen["goodput_per_gpu"] > data["goodput_per_gpu"]  # the disaggregated plan's
+    assert data["prefill"]["replicas"] >= 1  # the issue's fields still describe that plan

@@ -8,7 +8,7 @@ from planner.errors import InfeasibleError, SloUnreachableError
 from planner.fitted_profile import BUNDLED_PROFILE, bundled_data_path, load_profile
 from planner.goodput import Slo
 from planner.model_catalog import load_model
-from planner.search import SearchSettings, build_tasks, search
+from planner.search import SearchSettings, build_tasks, choose_deployment, search
 
 
 def _search(context, distserve_memory, **settings):
@@ -107,3 +107,44 @@ def test_affinity_choice_is_respected(opt13b, distserve_13b, make_context, make_
         "high"}
     assert {p.affinity for p in _search(context, distserve_memory, affinity="low").plans} == {
         "low"}
+
+
+def test_loose_slos_recommend_colocated_workers_that_serve_more(opt13b, distserve_13b,
+                                                               make_context, make_sample,
+                                                               distserve_memory):
+    # At 5 s / 0.5 s nothing is latency-bound: every GPU doing both phases serves the most.
+    context = make_context(opt13b, distserve_13b, slo=Slo(5.0, 0.5, 0.9),
+                           sample=make_sample(80))
+    result = _search(context, distserve_memory)
+    assert result.deployment == "colocated"
+    chosen = result.recommended
+    assert chosen.kind == "colocated" and chosen.policy == "chunked"
+    assert chosen.goodput_per_gpu > result.best.goodput_per_gpu
+    assert chosen.predicted is not None and chosen.predicted.attainment >= 0.9
+
+    forced = _search(context, distserve_memory, deployment="disaggregated")
+    assert forced.deployment == "disaggregated" and forced.recommended is forced.best
+
+
+def test_disaggregation_is_recommended_where_it_serves_more(opt13b, distserve_13b,
+                                                           make_context, make_sample,
+                                                           distserve_memory):
+    # A loose TTFT with a tight TPOT: decode wants its own GPUs, prefill can queue.
+    context = make_context(opt13b, distserve_13b, slo=Slo(2.0, 0.03, 0.9),
+                           sample=make_sample(80))
+    result = _search(context, distserve_memory)
+    assert result.deployment == "disaggregated"
+    assert result.recommended is result.best
+    assert result.gain is not None and result.gain > 1
+
+    forced = _search(context, distserve_memory, deployment="colocated")
+    assert forced.deployment == "colocated"
+    assert forced.recommended.policy == "chunked"
+    assert forced.recommended.goodput_per_gpu < forced.best.goodput_per_gpu
+
+
+def test_colocated_that_meets_no_slo_cannot_be_forced(small_plan):
+    result, context = small_plan
+    with pytest.raises(SloUnreachableError, match="no colocated configuration"):
+        choose_deployment("colocated", result.best, None, context)
+    assert choose_deployment("auto", result.best, None, context) == "disaggregated"
