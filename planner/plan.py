@@ -73,6 +73,11 @@ class Plan:
     def gpus(self) -> int:
         return sum(r.gpus for r in self.roles)
 
+    @property
+    def served_per_gpu(self) -> float:
+        """What the planned whole instances serve per GPU they take (requests/s)."""
+        return self.capacity / self.gpus
+
     def to_json(self) -> dict:
         scheduling = ({"budget": self.budget, "policy": self.policy}
                       if self.kind == "colocated" else {})

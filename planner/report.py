@@ -106,16 +106,19 @@ def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
         lines.append(f"  Simulated end to end at {p.rate:.3g} req/s: {p.attainment:.1%} of "
                      "requests meet both SLOs.")
     if chosen.kind == "colocated":
-        lines.append(f"  Recommended over the best disaggregated plan ({best.label()}, "
-                     f"{best.goodput_per_gpu:.3g} req/s per GPU): it serves "
-                     f"{chosen.goodput_per_gpu / best.goodput_per_gpu:.2f}x as many requests per "
-                     "GPU. --deployment disaggregated plans that one instead.")
+        lines.append(f"  Recommended over the best disaggregated plan ({best.label()}): as "
+                     f"planned, in whole instances, it serves {chosen.served_per_gpu:.3g} req/s "
+                     f"per GPU against {best.served_per_gpu:.3g} "
+                     f"({chosen.served_per_gpu / best.served_per_gpu:.2f}x). "
+                     "--deployment disaggregated plans that one instead.")
     gain = result.gain
     base = result.best_colocated
     if gain is not None and base is not None:
         verdict = "gains" if gain >= 1 else "loses"
         lines.append(f"  Disaggregation {verdict}: {gain:.2f}x the goodput per GPU of the best "
-                     f"colocated deployment ({base.label()}, {base.goodput_per_gpu:.3g}).")
+                     f"colocated deployment ({base.label()}, {base.goodput_per_gpu:.3g}), "
+                     "with prefill and decode instances in their ideal ratio (DistServe's "
+                     "measure).")
         policies = ", ".join(f"{policy} {value:.3g}" for policy, value in
                              sorted(result.colocated_by_policy().items()))
         lines.append(f"  Colocated goodput per GPU by scheduling policy: {policies}.")

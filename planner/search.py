@@ -283,7 +283,9 @@ def search(context: Context, memory: MemoryModel, settings: SearchSettings,
 
 def choose_deployment(wanted: str, disaggregated: Plan, colocated: Plan | None,
                       context: Context) -> str:
-    """The kind to recommend: as asked, or under "auto" whichever serves more per GPU."""
+    """The kind to recommend: as asked, or under "auto" whichever serves more per GPU as
+    planned, in whole instances (a disaggregated goodput per GPU assumes the ideal mix of
+    prefill and decode instances, which a small cluster cannot reach)."""
     if wanted == "colocated" and colocated is None:
         slo = context.slo
         raise SloUnreachableError(
@@ -293,6 +295,6 @@ def choose_deployment(wanted: str, disaggregated: Plan, colocated: Plan | None,
     if wanted == "auto" and colocated is not None:
         # Goodputs are bisected to within TOLERANCE, so a closer race is a tie; ties go to
         # disaggregation, which scales each phase on its own as the traffic mix changes.
-        ahead = colocated.goodput_per_gpu > disaggregated.goodput_per_gpu * (1 + TOLERANCE)
+        ahead = colocated.served_per_gpu > disaggregated.served_per_gpu * (1 + TOLERANCE)
         return "colocated" if ahead else "disaggregated"
     return "colocated" if wanted == "colocated" else "disaggregated"

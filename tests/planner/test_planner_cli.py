@@ -154,3 +154,20 @@ def test_a_trace_is_predicted_as_sent_once(tmp_path, capsys):
     assert predicted[0]["attainment"] == 1.0  # far apart: every request alone
     assert predicted[1]["attainment"] < 1.0  # squeezed 80-fold: prompts queue
     assert all(abs(p["attainment"] * 25 - round(p["attainment"] * 25)) < 1e-9 for p in predicted)
+
+
+def test_two_cores_are_compared_as_whole_instances(tmp_path, capsys):
+    # In DistServe's measure (prefill and decode in their ideal ratio) disaggregation edges
+    # ahead here, but two cores hold one prefill and one decode instance, not the ideal mix,
+    # and as planned the two colocated instances serve more.
+    status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "2",
+                   "--max-tp", "1", "--workload", "synthetic:in=256,out=64,dist=fixed",
+                   "--ttft", "1", "--tpot", "0.1", "--latency-model", str(_cpu_profile(tmp_path)),
+                   "--num-requests", "60", "--workers", "1", "--json", str(tmp_path / "plan.json")])
+    assert status == 0
+    assert "as planned, in whole instances" in capsys.readouterr().out
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["deployment"] == "colocated"
+    assert data["goodput_per_gpu"] >= data["colocated_goodput_per_gpu"]  # the ideal ratio
+    chosen = data["recommended"]
+    assert chosen["capacity"] / chosen["gpus"] > data["capacity"] / data["gpus"]

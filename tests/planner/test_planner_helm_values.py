@@ -82,7 +82,7 @@ def test_a_colocated_plan_is_written_as_the_colocated_pool(colocated_plan, opt13
                       "maxNumBatchedTokens": chosen.budget},
         "model": {"source": "huggingface", "name": "facebook/opt-13b"},
     }
-    assert "the best disaggregated deployment" in text
+    assert "what the best disaggregated plan serves per GPU" in text
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.validate(merged(defaults, values), schema)

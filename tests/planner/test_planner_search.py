@@ -119,7 +119,7 @@ def test_loose_slos_recommend_colocated_workers_that_serve_more(opt13b, distserv
     assert result.deployment == "colocated"
     chosen = result.recommended
     assert chosen.kind == "colocated" and chosen.policy == "chunked"
-    assert chosen.goodput_per_gpu > result.best.goodput_per_gpu
+    assert chosen.served_per_gpu > result.best.served_per_gpu
     assert chosen.predicted is not None and chosen.predicted.attainment >= 0.9
 
     forced = _search(context, distserve_memory, deployment="disaggregated")
@@ -140,7 +140,7 @@ def test_disaggregation_is_recommended_where_it_serves_more(opt13b, distserve_13
     forced = _search(context, distserve_memory, deployment="colocated")
     assert forced.deployment == "colocated"
     assert forced.recommended.policy == "chunked"
-    assert forced.recommended.goodput_per_gpu < forced.best.goodput_per_gpu
+    assert forced.recommended.served_per_gpu < forced.best.served_per_gpu
 
 
 def test_colocated_that_meets_no_slo_cannot_be_forced(small_plan):
