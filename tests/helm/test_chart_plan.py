@@ -32,6 +32,17 @@ def run_plan(out: Path, *flags: str) -> dict:
     return yaml.safe_load(out.read_text())
 
 
+def install(chart_dir: Path, render, plan: dict):
+    """The plan's values through strict lint and Kubernetes 1.30's schemas; the rendering."""
+    report = helm.lint(chart_dir, plan, strict=True, kube_version="v1.30.0")
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    rendered = render(plan)
+    for manifest in rendered.manifests:
+        if manifest["kind"] not in ("ServiceMonitor", "HTTPRoute"):
+            kubernetes_validate.validate(manifest, "1.30", strict=True)
+    return rendered
+
+
 @pytest.mark.parametrize("affinity", ["low", "high"])
 def test_planned_values_deploy_exactly_the_plan(tmp_path, chart_dir, render, affinity):
     plan = run_plan(tmp_path / "plan-values.yaml", "--affinity", affinity,
@@ -39,13 +50,7 @@ def test_planned_values_deploy_exactly_the_plan(tmp_path, chart_dir, render, aff
     assert plan["placement"]["affinity"] == affinity
     assert plan["model"] == {"source": "huggingface", "name": "facebook/opt-13b"}
 
-    report = helm.lint(chart_dir, plan, strict=True, kube_version="v1.30.0")
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
-
-    rendered = render(plan)
-    for manifest in rendered.manifests:
-        if manifest["kind"] not in ("ServiceMonitor", "HTTPRoute"):
-            kubernetes_validate.validate(manifest, "1.30", strict=True)
+    rendered = install(chart_dir, render, plan)
     for role in ("prefill", "decode"):
         deployment = rendered.one("Deployment", f"pdserve-{role}")
         assert deployment["spec"]["replicas"] == plan[role]["replicas"]
@@ -66,12 +71,7 @@ def test_a_planned_colocated_deployment_installs_as_planned(tmp_path, chart_dir,
     plan = run_plan(tmp_path / "plan-values.yaml")
     assert plan["prefill"] == {"replicas": 0} and plan["decode"] == {"replicas": 0}
 
-    report = helm.lint(chart_dir, plan, strict=True, kube_version="v1.30.0")
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
-    rendered = render(plan)
-    for manifest in rendered.manifests:
-        if manifest["kind"] not in ("ServiceMonitor", "HTTPRoute"):
-            kubernetes_validate.validate(manifest, "1.30", strict=True)
+    rendered = install(chart_dir, render, plan)
     workers = [m["metadata"]["name"] for m in rendered.manifests if m["kind"] == "Deployment"
                and m["metadata"]["name"] != "pdserve-router"]
     assert workers == ["pdserve-colocated"]
