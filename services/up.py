@@ -26,6 +26,7 @@ import httpx
 
 from services.child_process import signal_group, spawn_kwargs
 from services.internal_auth import TOKEN_ENV
+from services.kv_backend_choice import BACKENDS, resolve_kv_backend
 from services.registry import EmbeddedRedis, RedisRegistry, RegistryError
 
 READY_TIMEOUT = 600.0  # model loading can take minutes (downloads, big checkpoints)
@@ -144,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="split each worker's model over N ranks (processes); default 1",
     )
-    p.add_argument("--kv-backend", choices=("ucx", "tcp"), default="ucx")
+    p.add_argument(
+        "--kv-backend",
+        choices=BACKENDS,
+        default="auto",
+        help="KV transfer between the workers: ucx, tcp, or auto (default: ucx on a GPU with "
+        "ucxx installed, tcp otherwise, the faster one on a CPU host)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument(
         "--kv-cache-memory", type=float, metavar="GIB", help="KV pool size of each worker"
@@ -269,6 +276,8 @@ class Up:
         roles = worker_roles(args)
         self.redis.start()
         say(f"[up] redis on {self.redis.url}")
+        # Resolved here, once, so that every worker pulls and serves KV the same way.
+        args.kv_backend = resolve_kv_backend(args.kv_backend, "auto")
         self.components = components(args, self.redis.url, secrets.token_urlsafe(32))
         started = time.monotonic()
         say(

@@ -24,6 +24,7 @@ from types import FrameType
 import uvicorn
 
 from services.internal_auth import MissingTokenError, internal_token_from_env
+from services.kv_backend_choice import BACKENDS, resolve_kv_backend
 from services.listen_socket import tcp_listener
 from services.worker_settings import DEFAULT_MAX_QUEUED_REQUESTS, WorkerSettings
 
@@ -103,7 +104,14 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=_positive_int, help="torch threads (CPU)")
-    p.add_argument("--kv-backend", choices=("ucx", "tcp"), default="ucx")
+    p.add_argument(
+        "--kv-backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how decode workers pull KV: ucx (RDMA, NVLink, CUDA IPC) or tcp; auto (default) "
+        "picks ucx on a GPU with ucxx installed, tcp otherwise (faster on CPU hosts); every "
+        "worker of a deployment must use the same one",
+    )
     p.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
     p.add_argument(
         "--kv-cache-memory",
@@ -144,7 +152,8 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
-    if args.kv_backend == "ucx" and importlib.util.find_spec("ucxx") is None:
+    kv_backend = resolve_kv_backend(args.kv_backend, args.device)
+    if kv_backend == "ucx" and importlib.util.find_spec("ucxx") is None:
         raise UsageError(
             "--kv-backend ucx needs the ucxx package (pip install 'pdserve[ucx]'); "
             "or use --kv-backend tcp"
@@ -169,7 +178,7 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
         dtype=args.dtype,
         device=args.device,
         threads=args.threads,
-        kv_backend=args.kv_backend,
+        kv_backend=kv_backend,
         block_size=args.block_size,
         kv_cache_memory_gib=args.kv_cache_memory,
         max_num_seqs=args.max_num_seqs,
