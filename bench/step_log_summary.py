@@ -6,9 +6,10 @@ request joining the decode batch.
     pdserve bench run --url http://127.0.0.1:8000 --rate 1.5 ...
     python bench/step_log_summary.py steps/decode-0.jsonl [--beside steps/prefill-0.jsonl]
 
-"Before a join" is the step right before the decode batch grows: on a decode worker that is
-the step during which the new request's KV arrived, so its excess over the other steps of the
-same batch size is what a KV pull costs the running batch. With --beside another worker's log
+"Before a join" is the step right before a request joins the decode batch (the next step's
+`joined` count; in logs written before that field, the batch growing): on a decode worker that
+is the step during which the new request's KV arrived, so its excess over the other steps of
+the same batch size is what a KV pull costs the running batch. With --beside another worker's log
 (the prefill worker on the same machine), decode steps are also split by whether they ran
 while that worker was computing: the excess is what sharing the machine costs a step.
 """
@@ -61,7 +62,8 @@ def main() -> int:
         batch = step["decode_tokens"]
         if step["prefill_tokens"] or not batch:
             continue
-        (joining if after["decode_tokens"] > batch else plain)[batch].append(step["seconds"] * 1e3)
+        joins = after["joined"] if "joined" in after else after["decode_tokens"] > batch
+        (joining if joins else plain)[batch].append(step["seconds"] * 1e3)
     print(f"\n{'decode batch':>12} {'steps':>6} {'median ms':>10} {'mean ms':>8}"
           f" {'before a join: steps':>21} {'median ms':>10} {'excess ms':>10}")  # fmt: skip
     for batch in sorted(plain):

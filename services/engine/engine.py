@@ -72,6 +72,7 @@ class StepResult:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     seconds: float = 0.0
+    num_joined: int = 0  # sequences in their first decode step (pulled KV or a fresh prefill)
 
 
 @dataclass
@@ -305,6 +306,9 @@ class LLMEngine:
         if fetches and on_fetches is not None:
             on_fetches(fetches)
             fetches = []
+        n_joined = sum(
+            1 for c in plan.chunks if c.num_tokens == 1 and c.seq.num_computed == c.seq.num_prompt
+        )
         if plan.chunks:
             logits = self.runner.run(plan.chunks)
             sampling = [c.seq for c in plan.chunks if c.samples]
@@ -325,7 +329,12 @@ class LLMEngine:
                     outputs.append(self._append_token(seq, token, lp))
         n_decode = sum(1 for c in plan.chunks if c.num_tokens == 1)
         return StepResult(
-            outputs, fetches, plan.num_tokens - n_decode, n_decode, time.perf_counter() - t0
+            outputs,
+            fetches,
+            plan.num_tokens - n_decode,
+            n_decode,
+            time.perf_counter() - t0,
+            n_joined,
         )
 
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> RequestOutput:

@@ -208,7 +208,9 @@ def test_a_kv_fetch_is_announced_before_its_step_computes_so_the_pull_overlaps_i
     assert seen == [("pulled", tokens_before)]  # before the batch computed this step
     assert step.kv_fetches == []  # handed over already, not announced twice
     assert [o.request_id for o in step.outputs] == ["busy"]
+    assert step.num_joined == 1  # "busy"'s first decode step, after its prefill
     step = engine.step()
     assert {o.request_id: o.new_token_ids for o in step.outputs}["pulled"] == expected[1:2]
+    assert (step.num_decode_tokens, step.num_joined) == (2, 1)  # "pulled" joined the batch
     assert expected[1:2] + run_to_completion(engine)["pulled"] == expected[1:]
     assert_all_blocks_free(engine)
