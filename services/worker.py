@@ -109,8 +109,8 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         choices=BACKENDS,
         default="auto",
         help="how decode workers pull KV: ucx (RDMA, NVLink, CUDA IPC) or tcp; auto (default) "
-        "picks ucx on a GPU with ucxx installed, tcp otherwise (faster on CPU hosts); every "
-        "worker of a deployment must use the same one",
+        "picks ucx on a GPU with ucxx installed, tcp otherwise (faster on CPU hosts); give "
+        "every worker of a deployment the same one",
     )
     p.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
     p.add_argument(

@@ -144,7 +144,15 @@ class Orchestrator:
             last_error: WorkerCallError | None = None
             attempt = 0
             while True:
-                worker = await self._pick_patiently("decode", tried, busy, req, output, last_error)
+                worker = await self._pick_patiently(
+                    "decode",
+                    tried,
+                    busy,
+                    req,
+                    output,
+                    last_error,
+                    kv_backend=prefill_worker.kv_backend if kv is not None else None,
+                )
                 decode_id = request_id if attempt == 0 else f"{request_id}-{attempt}"
                 holds[worker.url] = decode_id
                 lines = self.client.decode(
@@ -270,8 +278,9 @@ class Orchestrator:
         num_prompt_tokens: int,
         output: list[int],
         last_error: WorkerCallError | None = None,
+        kv_backend: str | None = None,
     ) -> WorkerRecord:
-        worker = self.picker.pick(await self._workers(), role, exclude=tried)
+        worker = self.picker.pick(await self._workers(), role, exclude=tried, kv_backend=kv_backend)
         if worker is None:
             what = "could take" if not tried else "is left to take"
             message = f"no live {role} worker {what} the request"
@@ -291,6 +300,7 @@ class Orchestrator:
         req: PreparedRequest,
         output: list[int],
         last_error: WorkerCallError | None,
+        kv_backend: str | None = None,
     ) -> WorkerRecord:
         """Like `_pick`, but once tokens have been streamed, wait out workers that are only
         busy (429/503) rather than fail a request the client already sees running."""
@@ -298,7 +308,9 @@ class Orchestrator:
         delay = BUSY_BACKOFF_SECONDS
         while True:
             try:
-                return await self._pick(role, tried | busy, len(req.prompt_ids), output, last_error)
+                return await self._pick(
+                    role, tried | busy, len(req.prompt_ids), output, last_error, kv_backend
+                )
             except NoWorkerAvailable:
                 if not busy or time.monotonic() + delay > deadline:
                     raise

@@ -37,9 +37,18 @@ class Picker:
     _failed: dict[str, float] = field(default_factory=dict)
 
     def pick(
-        self, workers: Iterable[WorkerRecord], role: str, exclude: Iterable[str] = ()
+        self,
+        workers: Iterable[WorkerRecord],
+        role: str,
+        exclude: Iterable[str] = (),
+        kv_backend: str | None = None,
     ) -> WorkerRecord | None:
-        """The best live worker of `role` not in `exclude`, or None if there is none."""
+        """The best live worker of `role` not in `exclude`, or None if there is none.
+
+        With `kv_backend` (the prefill worker's, for a decode worker that will pull from it),
+        workers with that backend go first: one with another backend cannot pull the KV and
+        recomputes the prompt, which still serves the request, only slower.
+        """
         workers = list(workers)
         self._forget_reported(workers)
         excluded = set(exclude)
@@ -52,6 +61,9 @@ class Picker:
         candidates = [w for w in workers if all(f(w) for f in filters)]
         if not candidates:
             return None
+        matching = [w for w in candidates if w.kv_backend == kv_backend]
+        if kv_backend is not None and matching:
+            candidates = matching
         score: Scorer = self.decode_score if role == "decode" else self.prefill_score
         # Ties go to the worker with less unreported work from us, then to a stable order.
         return max(

@@ -92,6 +92,31 @@ async def kill_once_running(worker, outputs: list[list[int]], tasks: list[asynci
     worker.kill()
 
 
+def kv_failures(worker) -> float:
+    """KV pulls that failed on a decode worker so far, from its /metrics."""
+    text = httpx.get(worker.url + "/metrics", timeout=5).text
+    match = re.search(r'^pdserve:kv_transfer_failures_total\{role="\w+"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_each_request_is_decoded_where_its_kv_can_be_pulled(
+    redis_router, base_workers, extra_workers, reference
+):
+    """Two pairs on different KV backends (UCX, TCP) serve one model: a decode worker on the
+    other backend could not pull the KV and would recompute the prompt, so none does."""
+    router = redis_router()
+    client = openai.AsyncOpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+    decoders = [base_workers[1], extra_workers[1]]
+    before = [kv_failures(w) for w in decoders]
+    outputs: list[list[int]] = [[] for _ in PROMPTS]
+    finishes = await asyncio.gather(
+        *(stream_tokens(client, "smollm2", p, out) for p, out in zip(PROMPTS, outputs, strict=True))
+    )
+    assert finishes == ["length"] * len(PROMPTS)
+    assert outputs == reference
+    assert [kv_failures(w) for w in decoders] == before
+
+
 async def test_killing_a_decode_worker_mid_stream_completes_every_request(
     redis_router, extra_workers, reference, caplog
 ):

@@ -107,3 +107,21 @@ async def test_expired_workers_are_not_picked():
     await registry.register(record("p2", "prefill", queued=999))  # p2 beats, p1 does not
     now[0] = 3.5
     assert Picker(MODEL).pick(await registry.list_workers(), "prefill").worker_id == "p2"
+
+
+async def test_decode_prefers_workers_that_can_pull_from_the_prefill_workers_backend():
+    # d1 has more room but speaks UCX; a TCP prefill worker's KV is pulled by d2 instead.
+    workers = await listed(
+        record("d1", "decode", free=90, kv_backend="ucx"),
+        record("d2", "decode", free=10, kv_backend="tcp"),
+    )
+    picker = Picker(MODEL)
+    assert picker.pick(workers, "decode", kv_backend="tcp").worker_id == "d2"
+    assert picker.pick(workers, "decode", kv_backend="ucx").worker_id == "d1"
+    assert picker.pick(workers, "decode").worker_id == "d1"  # nothing to pull: room decides
+
+
+async def test_with_no_decode_worker_on_that_backend_another_one_still_serves():
+    # It cannot pull the KV, so it recomputes the prompt: slower, but the request is served.
+    workers = await listed(record("d1", "decode", kv_backend="ucx"))
+    assert Picker(MODEL).pick(workers, "decode", kv_backend="tcp").worker_id == "d1"
