@@ -7,11 +7,11 @@ handle peer failure. The `tcp` backend is the faster one there (`bench/kvtransfe
 on the 2-core development machine: a 2,048-token pull in 10 ms against 45 ms), and in service
 it showed (`bench/e2e_latency.py --kv-backends ucx,tcp,ucx,tcp`, 2.5 req/s, one thread per
 worker): the hand-off 10 to 54 ms shorter, median TTFT 6 to 19 ms and median TPOT 0 to 19 ms
-lower. So `auto` means UCX where a GPU is the device and ucxx is
-installed, TCP otherwise. A decode worker pulls with its own backend from the prefill
-worker's listener, so workers of one deployment should resolve to the same backend; the
-router prefers a decode worker on the prefill worker's backend, and any other one recomputes
-the prompt instead of pulling.
+lower. So `auto` means UCX where a GPU is the device and ucxx is installed, TCP otherwise.
+
+A decode worker pulls with its own backend from the prefill worker's listener, so the workers
+of one deployment should resolve to the same backend. The router prefers a decode worker on
+the prefill worker's backend; any other one recomputes the prompt instead of pulling.
 """
 
 from __future__ import annotations

@@ -205,8 +205,10 @@ def check_port_free(host: str, port: int) -> None:
             raise UpError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def components(args: argparse.Namespace, redis_url: str, token: str) -> list[Component]:
-    """The worker processes and the router, not started yet."""
+def components(args: argparse.Namespace, redis_url: str, token: str,
+               kv_backend: str) -> list[Component]:
+    """The worker processes and the router, not started yet; every worker gets `kv_backend`
+    (resolved, not `auto`), so that all of them pull and serve KV the same way."""
     python = [sys.executable, "-m", "services.cli"]
     env = os.environ | {TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
     env.pop("PDSERVE_API_KEYS", None)
@@ -225,7 +227,7 @@ def components(args: argparse.Namespace, redis_url: str, token: str) -> list[Com
             *python, "worker", "--role", role, "--model", args.model, *served,
             "--host", "127.0.0.1", "--port", "0", "--kv-port", "0",
             "--advertise-host", "127.0.0.1", "--registry", redis_url, "--worker-id", name,
-            "--threads", str(args.threads), "--kv-backend", args.kv_backend,
+            "--threads", str(args.threads), "--kv-backend", kv_backend,
             "--tensor-parallel-size", str(args.tensor_parallel_size),
             "--dtype", args.dtype, *optional,
         ]  # fmt: skip
@@ -276,14 +278,13 @@ class Up:
         roles = worker_roles(args)
         self.redis.start()
         say(f"[up] redis on {self.redis.url}")
-        # Resolved here, once, so that every worker pulls and serves KV the same way.
-        args.kv_backend = resolve_kv_backend(args.kv_backend, "auto")
-        self.components = components(args, self.redis.url, secrets.token_urlsafe(32))
+        kv_backend = resolve_kv_backend(args.kv_backend, "auto")
+        self.components = components(args, self.redis.url, secrets.token_urlsafe(32), kv_backend)
         started = time.monotonic()
         say(
             f"[up] starting {', '.join(f'{roles.count(r)} {r}' for r in dict.fromkeys(roles))} "
             f"worker(s) ({args.model}, {args.dtype}, {args.threads} thread(s) each, "
-            f"KV over {args.kv_backend}) and the router"
+            f"KV over {kv_backend}) and the router"
         )
         for component in self.components:
             await component.start()

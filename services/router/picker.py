@@ -61,9 +61,8 @@ class Picker:
         candidates = [w for w in workers if all(f(w) for f in filters)]
         if not candidates:
             return None
-        matching = [w for w in candidates if w.kv_backend == kv_backend]
-        if kv_backend is not None and matching:
-            candidates = matching
+        if kv_backend is not None:
+            candidates = [w for w in candidates if w.kv_backend == kv_backend] or candidates
         score: Scorer = self.decode_score if role == "decode" else self.prefill_score
         # Ties go to the worker with less unreported work from us, then to a stable order.
         return max(

@@ -33,7 +33,16 @@ def test_a_worker_started_without_the_flag_uses_the_hosts_choice() -> None:
     assert settings_from_args(cpu, "decode").kv_backend == "tcp"
 
 
-def test_up_defaults_to_auto() -> None:
+def test_up_resolves_auto_once_and_gives_every_worker_the_result() -> None:
     from services.up import build_parser as up_parser
+    from services.up import components
 
-    assert up_parser().parse_args([]).kv_backend == "auto"
+    args = up_parser().parse_args(["--prefill", "2", "--decode", "2"])
+    assert args.kv_backend == "auto"
+    resolved = resolve_kv_backend(args.kv_backend, "auto")
+    workers = [c for c in components(args, "redis://127.0.0.1:1/0", "token", resolved)
+               if c.name != "router"]
+    assert len(workers) == 4
+    for worker in workers:
+        flag = worker.command.index("--kv-backend")
+        assert worker.command[flag + 1] == resolved != "auto"

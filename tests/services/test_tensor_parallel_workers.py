@@ -160,7 +160,8 @@ def test_up_passes_the_tensor_parallel_size_to_every_worker() -> None:
     from services.up import build_parser, components
 
     args = build_parser().parse_args(["--tensor-parallel-size", "3", "--prefill", "2"])
-    workers = [c for c in components(args, "redis://127.0.0.1:1/0", "token") if c.name != "router"]
+    workers = [c for c in components(args, "redis://127.0.0.1:1/0", "token", "tcp")
+               if c.name != "router"]
     assert [c.name for c in workers] == ["prefill-0", "prefill-1", "decode-0"]
     for worker in workers:
         flag = worker.command.index("--tensor-parallel-size")
