@@ -30,6 +30,9 @@ from services.worker_settings import DEFAULT_MAX_QUEUED_REQUESTS, WorkerSettings
 
 ROLES = ("prefill", "decode", "both")
 DRAIN_SECONDS = 5  # how long open streams may run on after a shutdown signal
+# Idle router connections stay open this long; longer than the router's own pool keeps them
+# (services.router.worker_client.KEEPALIVE_EXPIRY_SECONDS), so the router always lets go first.
+KEEP_ALIVE_SECONDS = 60
 
 
 class UsageError(ValueError):
@@ -247,6 +250,7 @@ async def serve(settings: WorkerSettings, token: str, sock: socket.socket, prog:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=DRAIN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = WorkerServer(config, lambda: loop.call_soon_threadsafe(runtime.begin_drain))
     await server.serve(sockets=[sock])

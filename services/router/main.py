@@ -13,6 +13,10 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
+# Clients' idle connections stay open this long. Behind an ingress or load balancer (60 s idle
+# timeouts are the common default) the proxy must let go first, or it may send a request on a
+# connection the router is closing and answer 502.
+KEEP_ALIVE_SECONDS = 75
 
 
 def _positive(kind: type) -> Callable[[str], float]:
@@ -206,6 +210,7 @@ def main(argv: list[str]) -> int:
             log_level=args.log_level,
             access_log=args.log_level == "debug",
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     )
     server.run(sockets=[listener])

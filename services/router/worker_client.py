@@ -98,6 +98,13 @@ class WorkerAuthFailed(WorkerCallError):
     """The worker refused the internal token: a deployment error every worker would repeat."""
 
 
+# An idle pooled connection is dropped here well before the worker closes it (its keep-alive
+# timeout, services.worker.KEEP_ALIVE_SECONDS). With the two equal (httpx's and uvicorn's
+# default, 5 s), a request could go out on a connection the worker was closing at that moment
+# and fail with an empty read: a lost decode stream under light load.
+KEEPALIVE_EXPIRY_SECONDS = 15.0
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds: to connect, to wait for a prefill answer, and between two lines of a stream."""
@@ -118,7 +125,11 @@ class WorkerClient:
         # admission limit bounds how many there are, so the pool must not add a second limit.
         self.http = httpx.AsyncClient(
             headers=headers,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=128),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=128,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+            ),
             timeout=httpx.Timeout(self.timeouts.prefill, connect=self.timeouts.connect),
         )
 
