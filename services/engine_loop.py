@@ -27,6 +27,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -118,7 +119,8 @@ class EngineLoop:
     """Runs ``engine.step()`` in a dedicated thread; every public method is for the event loop.
 
     ``release`` and ``kv_arrived`` are thread-safe as well (a KV holder may call back from
-    another thread). ``on_step`` runs on the engine thread after every step that did work.
+    another thread). ``on_step`` runs on the engine thread after every step that did work;
+    ``around_step``, if given, wraps every step (services.shared_cores uses it to take cores).
     """
 
     def __init__(
@@ -129,8 +131,10 @@ class EngineLoop:
         held_kv: HeldKV | None = None,
         on_step: Callable[[StepResult], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
+        around_step: Callable[[], AbstractContextManager[object]] | None = None,
     ):
         self.engine = engine
+        self._around_step = around_step or contextlib.nullcontext
         self._pull_kv = pull_kv
         self._held_kv = held_kv
         self._on_step = on_step
@@ -274,7 +278,8 @@ class EngineLoop:
                 did_work = False
                 if engine.has_work():
                     pulls = self._begin_pulls if self._pull_kv is not None else None
-                    result = engine.step(on_fetches=pulls)
+                    with self._around_step():
+                        result = engine.step(on_fetches=pulls)
                     did_work = bool(
                         result.outputs
                         or result.kv_fetches

@@ -3,8 +3,9 @@
 The Prometheus histogram (`pdserve:step_seconds`) says how steps are distributed; this file
 says what each one was. Every step that did work appends
 ``{"end": unix seconds, "seconds": step time, "prefill_tokens": n, "decode_tokens": b,
-"joined": j}``, where `j` of the `b` sequences are in their first decode step (their KV just
-arrived, or their prompt was prefilled here).
+"joined": j, "threads": t}``, where `j` of the `b` sequences are in their first decode step
+(their KV just arrived, or their prompt was prefilled here) and `t` is the number of CPU threads
+the step ran with (0 on a GPU; it changes from step to step with `--share-cores`).
 A decode step is one with ``decode_tokens`` = its batch; a step with both is a mixed step of a
 colocated worker. Written from the engine thread, line-buffered, so a killed worker keeps
 every step it finished. A log that can no longer be written (a full disk) is dropped with one
@@ -46,6 +47,7 @@ class StepLog:
             "prefill_tokens": result.num_prefill_tokens,
             "decode_tokens": result.num_decode_tokens,
             "joined": result.num_joined,
+            "threads": result.threads,
         }
         try:
             self._file.write(json.dumps(line) + "\n")

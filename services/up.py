@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -158,10 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-model-len", type=_positive, help="longest prompt + output, in tokens")
     p.add_argument(
+        "--max-num-batched-tokens",
+        type=_positive,
+        metavar="N",
+        help="token budget of one engine step, in every worker (default: the worker's, 4096). "
+        "On CPU a prefill worker gains nothing from running several prompts in one step, and "
+        "each prompt then waits for the others: a budget of one typical prompt lowers TTFT",
+    )
+    p.add_argument(
         "--api-key",
         action="append",
         default=[],
         help="an API key the router requires (repeatable; default: open)",
+    )
+    p.add_argument(
+        "--share-cores",
+        action="store_true",
+        help="pair prefill worker i with decode worker i on the same cores: the decode worker "
+        "adds the prefill worker's threads to its own for every step in which no prompt is "
+        "being computed (see `pdserve worker --share-cores`); needs as many prefill as decode "
+        "workers",
     )
     p.add_argument(
         "--step-log-dir",
@@ -184,6 +201,11 @@ def worker_roles(args: argparse.Namespace) -> list[str]:
     if args.both:
         if args.prefill is not None or args.decode is not None:
             raise UpError("use either --both N (colocated) or --prefill/--decode, not both")
+        if args.share_cores:
+            raise UpError(
+                "--share-cores pairs prefill and decode workers; colocated (--both) workers "
+                "already share their threads between the phases"
+            )
         return ["both"] * args.both
     prefill = 1 if args.prefill is None else args.prefill
     decode = 1 if args.decode is None else args.decode
@@ -192,6 +214,14 @@ def worker_roles(args: argparse.Namespace) -> list[str]:
             "disaggregated serving needs at least one prefill and one decode worker "
             "(or use --both N for colocated workers)"
         )
+    if args.share_cores and prefill != decode:
+        raise UpError(
+            f"--share-cores pairs each prefill worker with one decode worker: give --prefill "
+            f"and --decode the same count (got {prefill} and {decode})"
+        )
+    if args.share_cores and args.tensor_parallel_size != 1:
+        raise UpError("--share-cores shares CPU threads; it does not combine with tensor "
+                      "parallelism")
     return ["prefill"] * prefill + ["decode"] * decode
 
 
@@ -206,9 +236,10 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def components(args: argparse.Namespace, redis_url: str, token: str,
-               kv_backend: str) -> list[Component]:
+               kv_backend: str, shared_cores_dir: Path | None = None) -> list[Component]:
     """The worker processes and the router, not started yet; every worker gets `kv_backend`
-    (resolved, not `auto`), so that all of them pull and serve KV the same way."""
+    (resolved, not `auto`), so that all of them pull and serve KV the same way. With
+    `shared_cores_dir`, prefill worker i and decode worker i share the file pair-i in it."""
     python = [sys.executable, "-m", "services.cli"]
     env = os.environ | {TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
     env.pop("PDSERVE_API_KEYS", None)
@@ -218,6 +249,8 @@ def components(args: argparse.Namespace, redis_url: str, token: str,
         optional += ["--kv-cache-memory", str(args.kv_cache_memory)]
     if args.max_model_len:
         optional += ["--max-model-len", str(args.max_model_len)]
+    if args.max_num_batched_tokens:
+        optional += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     out = []
     counts: dict[str, int] = {}
     for role in worker_roles(args):
@@ -233,6 +266,8 @@ def components(args: argparse.Namespace, redis_url: str, token: str,
         ]  # fmt: skip
         if args.step_log_dir:
             command += ["--step-log", str(Path(args.step_log_dir) / f"{name}.jsonl")]
+        if shared_cores_dir is not None:
+            command += ["--share-cores", str(shared_cores_dir / f"pair-{index}")]
         out.append(Component(name, command, env))
     router_env = dict(env)
     if args.api_key:
@@ -261,6 +296,7 @@ class Up:
         self.components: list[Component] = []
         self.stop_requested = asyncio.Event()
         self.signals = 0
+        self.scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def on_signal(self) -> None:
         self.signals += 1
@@ -279,11 +315,18 @@ class Up:
         self.redis.start()
         say(f"[up] redis on {self.redis.url}")
         kv_backend = resolve_kv_backend(args.kv_backend, "auto")
-        self.components = components(args, self.redis.url, secrets.token_urlsafe(32), kv_backend)
+        shared_cores_dir = None
+        if args.share_cores:
+            self.scratch = tempfile.TemporaryDirectory(prefix="pdserve-up-")
+            shared_cores_dir = Path(self.scratch.name)
+        self.components = components(
+            args, self.redis.url, secrets.token_urlsafe(32), kv_backend, shared_cores_dir
+        )
         started = time.monotonic()
         say(
             f"[up] starting {', '.join(f'{roles.count(r)} {r}' for r in dict.fromkeys(roles))} "
-            f"worker(s) ({args.model}, {args.dtype}, {args.threads} thread(s) each, "
+            f"worker(s) ({args.model}, {args.dtype}, {args.threads} thread(s) each"
+            f"{', decode borrowing idle prefill cores' if args.share_cores else ''}, "
             f"KV over {kv_backend}) and the router"
         )
         for component in self.components:
@@ -351,6 +394,8 @@ class Up:
         for group in (routers, workers):
             await asyncio.gather(*(c.stop() for c in group))
         self.redis.stop()
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
 
 async def _healthy(http: httpx.AsyncClient, url: str) -> bool:

@@ -150,6 +150,14 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         help="append one JSON line per engine step to PATH (end time, seconds, prefill and "
         "decode tokens): where the time goes, step by step",
     )
+    p.add_argument(
+        "--share-cores",
+        metavar="PATH",
+        help="one host, few cores: a prefill and a decode worker given the same PATH share "
+        "their cores. The decode worker runs each step with the prefill worker's threads "
+        "added to its own whenever no prompt is being computed; a prompt waits at most one "
+        "decode step for them. Give both workers the same --threads; CPU only",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     return p
 
@@ -161,6 +169,22 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
             "--kv-backend ucx needs the ucxx package (pip install 'pdserve[ucx]'); "
             "or use --kv-backend tcp"
         )
+    if args.share_cores:
+        if role == "both":
+            raise UsageError(
+                "--share-cores pairs a prefill worker with a decode worker; a colocated "
+                "(--role both) worker already uses all of its threads for both phases"
+            )
+        if args.threads is None:
+            raise UsageError(
+                "--share-cores needs --threads (the same on both workers): the decode worker "
+                "adds that many threads while it holds the prefill worker's cores"
+            )
+        if args.tensor_parallel_size != 1 or args.device == "cuda":
+            raise UsageError(
+                "--share-cores is for CPU workers without tensor parallelism (it shares CPU "
+                "threads)"
+            )
     last_kv_port = args.kv_port + args.tensor_parallel_size - 1
     if args.kv_port and last_kv_port > 65535:
         raise UsageError(
@@ -191,6 +215,7 @@ def settings_from_args(args: argparse.Namespace, role: str) -> WorkerSettings:
         kv_lease_seconds=args.kv_lease_seconds,
         kv_pull_timeout=args.kv_pull_timeout,
         step_log=args.step_log,
+        share_cores=args.share_cores,
     )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from kvtransfer import KVTransferError
 from services.decode.kv_pull import RECOMPUTED, KVPuller
 from services.engine.engine import EngineStats, LLMEngine, StepResult
@@ -34,6 +36,7 @@ from services.registry import (
     WorkerRecord,
     open_registry,
 )
+from services.shared_cores import SharedCores, SharedCoresError
 from services.step_log import StepLog, StepLogError
 from services.worker_errors import EngineUnavailableError
 from services.worker_metrics import WorkerMetrics, WorkerSnapshot
@@ -43,7 +46,9 @@ log = logging.getLogger("pdserve.worker")
 
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
 # Failures with a message that says it all (no traceback needed): bad model, registry, ports.
-EXPECTED_START_ERRORS = (EngineError, RegistryError, KVTransferError, StepLogError, OSError)
+EXPECTED_START_ERRORS = (
+    EngineError, RegistryError, KVTransferError, StepLogError, SharedCoresError, OSError,
+)  # fmt: skip
 NO_LOAD = EngineStats(0, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -70,6 +75,7 @@ class WorkerRuntime:
         self.kv_ports: list[int] = []  # every rank's, with tensor parallelism
         self.metrics = WorkerMetrics(settings.role, self.snapshot)
         self.step_log: StepLog | None = None
+        self.shared_cores: SharedCores | None = None
         self._registry: Registry | None = None
         self._heartbeat: Heartbeat | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -82,6 +88,11 @@ class WorkerRuntime:
         try:
             if s.step_log:
                 self.step_log = StepLog(s.step_log)  # a bad path fails before the model loads
+            if s.share_cores:
+                threads = s.threads or 1
+                self.shared_cores = SharedCores(
+                    s.share_cores, s.role, threads, threads, torch.set_num_threads
+                )
             self._registry = open_registry(s.registry)
             if isinstance(self._registry, RedisRegistry):
                 await self._registry.ping()  # fail before a long model load, not after
@@ -109,6 +120,7 @@ class WorkerRuntime:
                 held_kv=self.leases,
                 on_step=self._observe_step,
                 on_crash=self._on_crash,
+                around_step=self.shared_cores.step if self.shared_cores else None,
             )
             self.engine_loop.start()
             if self.leases is not None:
@@ -159,6 +171,8 @@ class WorkerRuntime:
             await asyncio.to_thread(self.engine.close)
         if self.step_log is not None:
             self.step_log.close()
+        if self.shared_cores is not None:
+            self.shared_cores.close()
         if self.puller is not None:
             await self.puller.close()
         if self._registry is not None:

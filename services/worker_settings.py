@@ -41,6 +41,7 @@ class WorkerSettings:
     kv_lease_seconds: float = 30.0
     kv_pull_timeout: float = 30.0
     step_log: str | None = None  # append one JSON line per engine step here
+    share_cores: str | None = None  # lock file shared with this worker's prefill/decode partner
 
     @property
     def served_name(self) -> str:

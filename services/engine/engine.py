@@ -73,6 +73,7 @@ class StepResult:
     num_decode_tokens: int = 0
     seconds: float = 0.0
     num_joined: int = 0  # sequences in their first decode step (pulled KV or a fresh prefill)
+    threads: int = 0  # CPU threads the step ran with (0 on a GPU)
 
 
 @dataclass
@@ -335,6 +336,7 @@ class LLMEngine:
             n_decode,
             time.perf_counter() - t0,
             n_joined,
+            torch.get_num_threads() if self.device.type == "cpu" else 0,
         )
 
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> RequestOutput:

@@ -14,12 +14,13 @@ from services.step_log import StepLog, StepLogError
 def test_each_step_is_one_json_line(tmp_path: Path) -> None:
     log = StepLog(tmp_path / "steps.jsonl")
     log.write(StepResult([], [], num_prefill_tokens=256, num_decode_tokens=3, seconds=0.08))
-    log.write(StepResult([], [], num_decode_tokens=4, seconds=0.02, num_joined=1))
+    log.write(StepResult([], [], num_decode_tokens=4, seconds=0.02, num_joined=1, threads=2))
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [
-        (x["prefill_tokens"], x["decode_tokens"], x["joined"], x["seconds"]) for x in lines
-    ] == [(256, 3, 0, 0.08), (0, 4, 1, 0.02)]
+        (x["prefill_tokens"], x["decode_tokens"], x["joined"], x["seconds"], x["threads"])
+        for x in lines
+    ] == [(256, 3, 0, 0.08, 0), (0, 4, 1, 0.02, 2)]
     assert lines[0]["end"] <= lines[1]["end"]
 
 
