@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pair prefill worker i with decode worker i on the same cores: the decode worker "
         "adds the prefill worker's threads to its own for every step in which no prompt is "
-        "being computed (see `pdserve worker --share-cores`); needs as many prefill as decode "
-        "workers",
+        "being computed, and the prefill worker takes the decode worker's while prompts queue "
+        "(see `pdserve worker --share-cores`); needs as many prefill as decode workers",
     )
     p.add_argument(
         "--step-log-dir",

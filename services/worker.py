@@ -156,7 +156,9 @@ def build_parser(prog: str, role: str | None) -> argparse.ArgumentParser:
         help="one host, few cores: a prefill and a decode worker given the same PATH share "
         "their cores. The decode worker runs each step with the prefill worker's threads "
         "added to its own whenever no prompt is being computed; a prompt waits at most one "
-        "decode step for them. Give both workers the same --threads; CPU only",
+        "decode step for them; while prompts queue, the prefill worker takes the decode "
+        "worker's threads too and decoding pauses. Give both workers the same --threads; "
+        "CPU only",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     return p

@@ -79,6 +79,47 @@ def test_a_waiting_prompt_gets_the_cores_after_one_decode_step(tmp_path) -> None
         assert n == 2
 
 
+def test_with_prompts_queued_the_prefill_worker_takes_every_core_and_decoding_waits(
+    tmp_path,
+) -> None:
+    prefill, decode, _ = pair(tmp_path / "pair-0")
+    decoded = threading.Event()
+    threads_of_decode: list[int] = []
+
+    def decode_step() -> None:
+        with decode.step() as n:
+            threads_of_decode.append(n)
+            decoded.set()
+
+    with prefill.step(wide=True) as n:
+        assert n == 2
+        worker = threading.Thread(target=decode_step)
+        worker.start()
+        assert not decoded.wait(0.2)  # decoding pauses while the wide prompt step runs
+    worker.join(10)
+    assert threads_of_decode == [2]  # and then gets both cores back
+    with prefill.step() as n:
+        assert n == 1  # no queue: the prefill worker keeps to its own cores
+
+
+def test_a_wide_step_waits_for_the_decode_step_in_flight(tmp_path) -> None:
+    prefill, decode, _ = pair(tmp_path / "pair-0")
+    entered = threading.Event()
+
+    def wide_step() -> None:
+        with prefill.step(wide=True):
+            entered.set()
+
+    with decode.step() as n:
+        assert n == 2
+        worker = threading.Thread(target=wide_step)
+        worker.start()
+        wait_until(lambda: prefill.waiting, "the prefill worker to say it waits")
+        assert not entered.is_set()
+    worker.join(10)
+    assert entered.is_set()
+
+
 def test_a_waiting_prompt_stops_the_decode_worker_from_taking_them_again(tmp_path) -> None:
     _, decode, _ = pair(tmp_path / "pair-0")
     decode._flags[0] = 1  # what a prefill worker blocked on the lock has written
