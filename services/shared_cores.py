@@ -17,8 +17,8 @@ the decode worker's, so it dies with the process that held it. Two bytes mapped 
 that the prefill worker waits for its cores (the decode worker then leaves them alone between
 its steps instead of racing for them) and that it is taking the decode worker's (the decode
 worker then waits for that step to end). Thread counts change only between steps, so the two
-workers never run more threads than there are cores (`torch.set_num_threads` between steps
-costs well under a millisecond here).
+workers never run more threads than there are cores. A change costs the step after it about
+a millisecond on the development machine (`bench/thread_switch_cost.py`).
 """
 
 from __future__ import annotations
