@@ -8,10 +8,9 @@ Prefill is bursty; decode runs step after step. With `--share-cores PATH` on bot
   decode worker's current step to end;
 - the decode worker, before each step, takes them too if the prefill worker neither holds nor
   waits for them, and then runs that step with its own threads plus the prefill worker's;
-- when a queue forms behind the step it is about to compute (the caller decides: the worker
-  asks for it past two steps' worth of prompts), the prefill worker takes the decode worker's
-  cores as well (a "wide" step): decoding pauses for that step, and the queue, which is what
-  stretches time to first token, drains at the speed of all the cores.
+- when prompts queue behind the one it is about to compute, the prefill worker takes the decode
+  worker's cores as well (a "wide" step): decoding pauses for that step, and the queue, which is
+  what stretches time to first token, drains at the speed of all the cores.
 
 Each claim is an exclusive `flock`, on PATH for the prefill worker's cores and on PATH.decode for
 the decode worker's, so it dies with the process that held it. Two bytes mapped from PATH say

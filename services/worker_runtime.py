@@ -50,8 +50,6 @@ EXPECTED_START_ERRORS = (
     EngineError, RegistryError, KVTransferError, StepLogError, SharedCoresError, OSError,
 )  # fmt: skip
 NO_LOAD = EngineStats(0, 0, 0, 0, 0, 0, 0, 0)
-# --share-cores: a prompt step takes every core once more than this many steps of prompts wait.
-WIDE_AFTER_STEPS = 2
 
 
 class WorkerRuntime:
@@ -187,16 +185,13 @@ class WorkerRuntime:
 
     def _around_step(self) -> contextlib.AbstractContextManager[int]:
         """Engine thread, --share-cores: the cores for the next step. A prefill worker with
-        more than one more step of prompts queued behind this one takes the decode worker's
-        cores too: decoding pauses for one prompt step so that the queue, which is what
-        stretches TTFT, drains faster. (With one step queued, pausing decode cost more TPOT
-        than it saved TTFT: at 3.5 req/s, 65% of requests met the SLO against 79%.)"""
+        prompts queued behind this step takes the decode worker's cores too: decoding pauses
+        for one prompt step so that the queue, which is what stretches TTFT, drains faster."""
         assert self.shared_cores is not None and self.engine is not None
         engine = self.engine
-        budget = engine.config.max_num_batched_tokens
         backlog = (
             self.shared_cores.role == "prefill"
-            and engine.stats().queued_prefill_tokens > WIDE_AFTER_STEPS * budget
+            and engine.stats().queued_prefill_tokens > engine.config.max_num_batched_tokens
         )
         return self.shared_cores.step(wide=backlog)
 
