@@ -39,7 +39,7 @@ class SharedCoresError(Exception):
 
 
 class SharedCores:
-    """One worker's side of the claim on a prefill worker's cores."""
+    """One worker's side of a prefill and a decode worker's claims on each other's cores."""
 
     def __init__(
         self, path: str, role: str, threads: int, lent_threads: int,
