@@ -13,10 +13,10 @@ pdserve disaggregated (`pdserve up` with --disagg-args), the same pair sharing i
 computed, and the prefill worker runs one prompt per step) and pdserve colocated (`pdserve up`
 with --coloc-args). One point of each is cross-checked with vLLM's own benchmark client
 (vllm.benchmarks.serve) so the two instruments can be compared, by default at 3/4 of the
-system's goodput: the two clients draw different Poisson arrivals, and on the knee that alone
-moves the medians (colocated at its goodput of 2.5 req/s, median TTFT 117 ms from one client
-and 105 from the other in one run). With --profile (written by `pdserve profile`) the
-planner's prediction for each pdserve arrangement is printed beside the
+system's goodput. Both clients replay one Poisson schedule, written as a trace in the format
+vLLM's `timed_trace` dataset reads: drawn separately, their bursts differ, and near a knee that
+alone moved a median TTFT by up to 15% between them. With --profile (written by `pdserve
+profile`) the planner's prediction for each pdserve arrangement is printed beside the
 measurement. Results, logs and the attainment-against-rate plot land in results/goodput/.
 """
 
@@ -34,6 +34,7 @@ from hf_export import export  # noqa: E402
 from servers import PDSERVE, ROOT, bench, pdserve_up, vllm_serve  # noqa: E402
 
 INPUT_LEN, OUTPUT_LEN, VOCAB = 256, 64, 49152
+VLLM_TRACE_BLOCK = 16  # prompt tokens per hash id in vLLM's timed_trace dataset
 
 VLLM_CLIENT = """
 import sys
@@ -89,53 +90,49 @@ def find_goodput(url: str, name: str, args, out_dir: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def fresh_prompts(path: Path, num: int, seed: int) -> Path:
-    """A ShareGPT-format file of `num` text prompts of exactly INPUT_LEN tokens, cut from the
-    load generator's corpus in a seeded random sentence order. Each client of the cross-check
-    gets its own seed: prompts the server has already seen would be answered from its prefix
-    cache, and whichever client ran second would look faster."""
-    from loadgen.tokenizer import load_tokenizer
-    from loadgen.workload import Lengths, synthetic
+def check_trace(path: Path, rate: float, num: int, seed: int) -> Path:
+    """One Poisson schedule of `num` requests at `rate` as a JSONL trace both clients replay:
+    seconds from the start, 256 tokens in, 64 out. Drawn separately, two clients' schedules
+    differ in their bursts, and near a knee that alone moved the shared-cores pair's median
+    TTFT by 10 to 15% between them. `hash_ids` is what vLLM's `timed_trace` dataset expands into
+    prompt tokens (16 per id, unique per request); our client draws its own random ids, so
+    neither client's prompts hit the prefix cache the other warmed."""
+    from loadgen.arrivals import Arrivals
 
-    requests = synthetic(
-        num, Lengths(INPUT_LEN), Lengths(OUTPUT_LEN), load_tokenizer(str(export())), seed
-    )
+    blocks = INPUT_LEN // VLLM_TRACE_BLOCK
     rows = [
         {
-            "id": str(i),
-            "conversations": [
-                {"from": "human", "value": r.prompt},
-                {"from": "gpt", "value": "unused: the output length is given"},
-            ],
+            "timestamp": round(t, 6),
+            "input_length": INPUT_LEN,
+            "output_length": OUTPUT_LEN,
+            "hash_ids": list(range(i * blocks, (i + 1) * blocks)),
         }
-        for i, r in enumerate(requests)
+        for i, t in enumerate(Arrivals(rate).times(num, seed))
     ]
-    path.write_text(json.dumps(rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
-    """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back, each sending
-    its own fresh text prompts of the same length."""
+    """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back, each
+    replaying the same arrival schedule with prompts of its own."""
+    trace = check_trace(out_dir / f"{name}-check-trace.jsonl", rate, args.num_prompts, 0)
     ours = out_dir / f"{name}-check-pdserve.json"
     bench(
         "run",
         "--url",
         url,
-        "--rate",
-        f"{rate:.3f}",
         "--label",
         name,
         "--out",
         str(ours),
         "--dataset",
-        str(fresh_prompts(out_dir / f"{name}-check-pdserve-prompts.json", args.num_prompts, 1000)),
-        "--output-len",
-        str(OUTPUT_LEN),
-        "--num-prompts",
-        str(args.num_prompts),
+        str(trace),
+        "--random-token-ids",
+        "--vocab-size",
+        str(VOCAB),
         "--seed",
-        "0",
+        "1000",
         "--no-progress",
     )
     theirs = out_dir / f"{name}-check-vllm.json"
@@ -155,16 +152,13 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
             "--tokenizer",
             str(export()),
             "--dataset-name",
-            "sharegpt",
+            "timed_trace",
             "--dataset-path",
-            str(fresh_prompts(out_dir / f"{name}-check-vllm-prompts.json", args.num_prompts, 2000)),
-            "--sharegpt-output-len",
-            str(OUTPUT_LEN),
+            str(trace),
+            "--timed-trace-chunk-hash-size",
+            str(VLLM_TRACE_BLOCK),
             "--num-prompts",
             str(args.num_prompts),
-            "--request-rate",
-            f"{rate:.3f}",
-            "--ignore-eos",
             "--seed",
             "0",
             "--save-result",
