@@ -1,6 +1,6 @@
 """How well the planner predicts a real deployment: predicted against measured SLO attainment.
 
-    python bench/planner_fidelity.py [--profile profile.json] [--rates 0.6,1,1.5,2,2.5]
+    python bench/planner_fidelity.py [--profile profile.json] [--rates 1.5,2,2.5,3]
 
 1. Start the plan's shape, `pdserve up --prefill 1 --decode 1`, and profile this machine with
    `pdserve profile --serving URL` against it (or take --profile): the engine's step grid, then
@@ -140,11 +140,11 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, help="a `pdserve profile` file (default: "
                         "profile now, about a minute)")
-    parser.add_argument("--rates", type=positive_list, default="0.6,1,1.5,2,2.5",
-                        help="request rates to measure, req/s (default 0.6,1,1.5,2,2.5: they "
-                        "span the knee of one prefill + one decode worker here at a 40 ms TPOT "
-                        "target, which lay between 1.5 and 2 req/s in the last run; at 60 ms "
-                        "it lies at 2.5 or above)")
+    parser.add_argument("--rates", type=positive_list, default="1.5,2,2.5,3",
+                        help="request rates to measure, req/s (default 1.5,2,2.5,3: they span "
+                        "the knee of one prefill + one decode worker on this machine kind, "
+                        "where TTFT binds at either TPOT target and 90%% attainment fell "
+                        "between 2 and 2.5 req/s in the last runs)")
     parser.add_argument("--profile-each-rate", action="store_true",
                         help="profile again right before each rate and predict that rate from "
                         "it (about three minutes a rate), so the machine's drift between "
