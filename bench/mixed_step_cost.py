@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from cli_types import positive  # noqa: E402
 
 from services.engine.config import EngineConfig  # noqa: E402
 from services.engine.engine import LLMEngine  # noqa: E402
@@ -43,13 +44,6 @@ def batch_sizes(text: str) -> list[int]:
     if any(b < 0 for b in values):
         raise argparse.ArgumentTypeError(f"batch sizes must be 0 or more: {text!r}")
     return values
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def measure(engine: LLMEngine, rng: random.Random, batch: int, prompt: int,

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from cli_types import positive  # noqa: E402
 
 from services.engine.config import EngineConfig  # noqa: E402
 from services.engine.engine import LLMEngine  # noqa: E402
@@ -37,13 +38,6 @@ from services.engine.sampling_params import SamplingParams  # noqa: E402
 VOCAB = 49152
 DECODE_PROMPT = 256  # tokens of context each neighbour sequence starts with
 NEIGHBOR_TOKENS = 1500  # a neighbour sequence is replaced after this many tokens
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def engine(max_batched_tokens: int) -> LLMEngine:
