@@ -92,11 +92,9 @@ def find_goodput(url: str, name: str, args, out_dir: Path) -> dict:
 
 def check_trace(path: Path, rate: float, num: int, seed: int) -> Path:
     """One Poisson schedule of `num` requests at `rate` as a JSONL trace both clients replay:
-    seconds from the start, 256 tokens in, 64 out. Drawn separately, two clients' schedules
-    differ in their bursts, and near a knee that alone moved the shared-cores pair's median
-    TTFT by 10 to 15% between them. `hash_ids` is what vLLM's `timed_trace` dataset expands into
-    prompt tokens (16 per id, unique per request); our client draws its own random ids, so
-    neither client's prompts hit the prefix cache the other warmed."""
+    seconds from the start, 256 tokens in, 64 out. `hash_ids` is what vLLM's `timed_trace`
+    dataset expands into prompt tokens (16 per id, unique per request); our client draws its
+    own random ids, so neither client's prompts hit the prefix cache the other warmed."""
     from loadgen.arrivals import Arrivals
 
     blocks = INPUT_LEN // VLLM_TRACE_BLOCK
