@@ -58,15 +58,20 @@ def test_rope_matches_torch(dtype, monkeypatch):
     [(3, 9, 64), (2, 8, 128), (1, 9, 64), (2, 4, 32)],
     ids=["smollm2-shape", "d128", "group9-portable", "d32-portable"],
 )
-def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype, hkv, hq, d):
+@pytest.mark.parametrize("bs", [16, 32], ids=["block16", "block32"])
+def test_decode_attention_matches_sdpa_over_gathered_blocks(dtype, hkv, hq, d, bs):
     g = torch.Generator().manual_seed(1)
-    nb, layers, bs = 40, 2, 16
+    nb, layers = 64, 2
     pool = torch.randn(nb, hkv, layers, 2, bs, d, generator=g).to(dtype)
     k_cache, v_cache = pool[:, :, 1, 0], pool[:, :, 1, 1]  # strided views, as the engine uses
-    lens = torch.tensor([1, 16, 17, 90, 5])
+    # Partial and whole blocks, 16-token chunks within a 32-token block, and a long context
+    # whose scores peak late (the online softmax rescales what it summed before).
+    lens = torch.tensor([1, 16, 17, 90, 5, 31, 33, 600])
     width = int((lens.max() + bs - 1) // bs)
     tables = torch.stack([torch.randperm(nb, generator=g)[:width] for _ in lens])
     q = torch.randn(len(lens), hq, d, generator=g).to(dtype)
+    last = tables[-1, (int(lens[-1]) - 1) // bs]
+    k_cache[last] *= 4  # the final block's keys dominate the last sequence's scores
     mask = (torch.arange(width * bs)[None] < lens[:, None])[:, None, None, :]
     got = kernels.decode_attention(q, k_cache, v_cache, tables, lens, mask, d**-0.5)
     want = F.scaled_dot_product_attention(
