@@ -74,6 +74,12 @@ def paged_attention(
     write_kv(k_cache, v_cache, k, v, meta)
     out = torch.empty_like(q)
     for seg in meta.prefills:
+        o = kernels.prefill_attention(
+            q[seg.start : seg.end], k_cache, v_cache, seg.block_table, seg.context_len, scale
+        )
+        if o is not None:
+            out[seg.start : seg.end] = o
+            continue
         qs = q[seg.start : seg.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
         if seg.context_len == 0:
             ks = k[seg.start : seg.end].transpose(0, 1).unsqueeze(0)

@@ -119,6 +119,26 @@ def rope_(
     x.copy_(x * c + rotated * s)
 
 
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    context_len: int,
+    scale: float,
+) -> torch.Tensor | None:
+    """Causal attention of one sequence's new tokens, q [n, Hq, D] at positions context_len ..
+    context_len + n - 1, over the paged cache that already holds their keys and values ->
+    [n, Hq, D]; None where no compiled kernel covers it (the caller runs SDPA instead)."""
+    ops = _ops_for(q)
+    if (ops is None or q.dtype != torch.bfloat16 or q.shape[-1] not in (64, 128)
+            or not ops.has_prefill_attention()):
+        return None
+    out = torch.empty(q.shape, dtype=q.dtype)
+    ops.prefill_attention(out, q, k_cache, v_cache, block_table, context_len, scale)
+    return out
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,

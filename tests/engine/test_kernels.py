@@ -101,3 +101,32 @@ def test_write_kv_stores_rows_where_advanced_indexing_would(dtype):
     expected[:, :, 1, 0][blocks, :, offsets] = k
     expected[:, :, 1, 1][blocks, :, offsets] = v
     assert torch.equal(pool, expected)
+
+
+@pytest.mark.skipif(
+    kernels.cpu_ops() is None or not kernels.cpu_ops().has_prefill_attention(),
+    reason="built without AVX512-BF16",
+)
+@pytest.mark.parametrize("hkv,hq,d", [(3, 9, 64), (2, 8, 128), (1, 4, 64)],
+                         ids=["smollm2-shape", "d128", "group4"])
+@pytest.mark.parametrize("bs", [16, 32], ids=["block16", "block32"])
+@pytest.mark.parametrize("context,n", [(0, 256), (0, 37), (0, 1), (48, 20), (100, 131)])
+def test_prefill_attention_matches_sdpa_over_gathered_blocks(hkv, hq, d, bs, context, n):
+    g = torch.Generator().manual_seed(3)
+    nb, layers = 32, 2
+    pool = torch.randn(nb, hkv, layers, 2, bs, d, generator=g).to(torch.bfloat16)
+    k_cache, v_cache = pool[:, :, 0, 0], pool[:, :, 0, 1]
+    total = context + n
+    table = torch.randperm(nb, generator=g)[: (total + bs - 1) // bs]
+    # q as the model has it: a view into wider [q | k | v] rows.
+    rows = torch.randn(n, (hq + 2 * hkv) * d, generator=g).to(torch.bfloat16)
+    q = rows[:, : hq * d].view(n, hq, d)
+    got = kernels.prefill_attention(q, k_cache, v_cache, table, context, d**-0.5)
+    keys = gather_blocks(k_cache, table)[:, :total].unsqueeze(0)
+    values = gather_blocks(v_cache, table)[:, :total].unsqueeze(0)
+    mask = torch.arange(total)[None] <= torch.arange(n)[:, None] + context
+    want = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask, scale=d**-0.5,
+        enable_gqa=True,
+    ).squeeze(0).transpose(0, 1)
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)

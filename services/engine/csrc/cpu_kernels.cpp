@@ -394,6 +394,109 @@ auto avx512_for_group(int64_t group) -> decltype(&decode_attention_avx512<T, D, 
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// Causal attention for a run of new prompt tokens, over the paged pool (which already holds
+// their keys and values, and any cached prefix before them). Flash-attention style: a tile of
+// 16 query positions of every query head in one KV head's group against tiles of 16 keys, the
+// scores of a query row against 16 keys computed as one vector (AVX512-BF16 dot products over
+// pairs of head dimensions, so no horizontal sums), then an online softmax and the value rows
+// added in float32. Each key tile is transposed once and serves all G*16 query rows.
+template <int D>
+void prefill_attention_bf16(at::BFloat16* out, const at::BFloat16* q, int64_t q_row,
+                            const at::BFloat16* kc, const at::BFloat16* vc, int64_t ks0,
+                            int64_t ks1, int64_t ks2, int64_t vs0, int64_t vs1, int64_t vs2,
+                            const int64_t* table, int64_t context, int64_t n, int64_t hq,
+                            int64_t hkv, int64_t bs, float scale) {
+  constexpr int P = D / 2;   // bfloat16 pairs per row
+  constexpr int V = D / 16;  // float32 vectors per row
+  const int64_t group = hq / hkv;
+  const int64_t qtiles = (n + 15) / 16;
+  at::parallel_for(0, hkv * qtiles, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rows = group * 16;
+    std::vector<float> acc(rows * D), mx(rows), sum(rows), prob(rows * 16);
+    std::vector<int32_t> qtile(rows * P);  // this tile's query rows, pairs of dims, by head
+    alignas(64) int32_t kt[P][16];  // key tile, pairs of dims by key
+    alignas(64) float vt[16][D];    // value tile in float32
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t h = w / qtiles, q0 = (w % qtiles) * 16;
+      const int64_t qn = std::min<int64_t>(16, n - q0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(mx.begin(), mx.end(), -INFINITY);
+      std::fill(sum.begin(), sum.end(), 0.f);
+      std::fill(qtile.begin(), qtile.end(), 0);
+      for (int64_t g = 0; g < group; ++g)
+        for (int64_t i = 0; i < qn; ++i)
+          std::memcpy(&qtile[(g * 16 + i) * P], q + (q0 + i) * q_row + (h * group + g) * D,
+                      D * sizeof(at::BFloat16));
+      const int64_t keys = context + q0 + qn;  // the last query row sees this many
+      for (int64_t k0 = 0; k0 < keys; k0 += 16) {
+        const int kn = static_cast<int>(std::min<int64_t>(16, keys - k0));
+        for (int j = 0; j < 16; ++j) {
+          if (j < kn) {
+            const int64_t key = k0 + j, blk = table[key / bs], off = key % bs;
+            const auto* kr = reinterpret_cast<const int32_t*>(kc + blk * ks0 + h * ks1 + off * ks2);
+            for (int p = 0; p < P; ++p) kt[p][j] = kr[p];
+            const at::BFloat16* vr = vc + blk * vs0 + h * vs1 + off * vs2;
+            for (int v = 0; v < V; ++v) _mm512_store_ps(&vt[j][v * 16], load16(vr + v * 16));
+          } else {
+            for (int p = 0; p < P; ++p) kt[p][j] = 0;
+            for (int v = 0; v < V; ++v) _mm512_store_ps(&vt[j][v * 16], _mm512_setzero_ps());
+          }
+        }
+        for (int64_t g = 0; g < group; ++g) {
+          const int32_t* qg = &qtile[g * 16 * P];
+          // Query rows of this head whose position reaches this key tile.
+          const int64_t first = std::max<int64_t>(0, k0 - context - q0);
+          if (first >= qn) continue;
+          __m512 s[16];
+          for (int i = 0; i < 16; ++i) s[i] = _mm512_setzero_ps();
+          for (int p = 0; p < P; ++p) {
+            const __m512bh kz = (__m512bh)_mm512_load_si512(kt[p]);
+            for (int i = 0; i < 16; ++i)  // all 16 rows: the accumulators stay in registers
+              s[i] = _mm512_dpbf16_ps(s[i], (__m512bh)_mm512_set1_epi32(qg[i * P + p]), kz);
+          }
+          for (int64_t i = first; i < qn; ++i) {
+            const int64_t r = g * 16 + i;
+            // Keys up to this row's own position (and not past the tile's end).
+            const int64_t last = std::min<int64_t>(kn - 1, context + q0 + i - k0);
+            const __mmask16 valid = static_cast<__mmask16>((1u << (last + 1)) - 1u);
+            const __m512 sc = _mm512_mul_ps(s[i], _mm512_set1_ps(scale));
+            const float m = std::max(mx[r], _mm512_mask_reduce_max_ps(valid, sc));
+            float* a = acc.data() + r * D;
+            if (m > mx[r]) {
+              const float corr = fast_exp(mx[r] - m);
+              sum[r] *= corr;
+              for (int v = 0; v < V; ++v)
+                _mm512_storeu_ps(a + v * 16,
+                                 _mm512_mul_ps(_mm512_loadu_ps(a + v * 16), _mm512_set1_ps(corr)));
+              mx[r] = m;
+            }
+            const __m512 pr = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(sc, _mm512_set1_ps(m))));
+            sum[r] += _mm512_reduce_add_ps(pr);
+            float* pp = prob.data() + r * 16;
+            _mm512_storeu_ps(pp, pr);
+            __m512 o[V];
+            for (int v = 0; v < V; ++v) o[v] = _mm512_loadu_ps(a + v * 16);
+            for (int j = 0; j <= last; ++j) {
+              const __m512 pj = _mm512_set1_ps(pp[j]);
+              for (int v = 0; v < V; ++v) o[v] = _mm512_fmadd_ps(pj, _mm512_load_ps(&vt[j][v * 16]), o[v]);
+            }
+            for (int v = 0; v < V; ++v) _mm512_storeu_ps(a + v * 16, o[v]);
+          }
+        }
+      }
+      for (int64_t g = 0; g < group; ++g)
+        for (int64_t i = 0; i < qn; ++i) {
+          const int64_t r = g * 16 + i;
+          const float inv = 1.f / sum[r];
+          at::BFloat16* o = out + ((q0 + i) * hq + h * group + g) * D;
+          for (int d = 0; d < D; ++d) o[d] = from_f32<at::BFloat16>(acc[r * D + d] * inv);
+        }
+    }
+  });
+}
+#endif
+
 #define PDSERVE_DISPATCH(dtype, ...)                                   \
   [&] {                                                                \
     if (dtype == at::kFloat) { using scalar_t = float; __VA_ARGS__(); } \
@@ -476,6 +579,45 @@ void decode_attention(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tens
   });
 }
 
+bool has_prefill_attention() {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Causal attention of `q` [n, hq, head_dim], a sequence's new tokens at positions context ..
+// context + n - 1, whose keys and values are already in their cache slots.
+void prefill_attention(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                       at::Tensor block_table, int64_t context, double scale) {
+  TORCH_CHECK(has_prefill_attention(), "prefill_attention needs AVX512-BF16");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_cache.scalar_type() == at::kBFloat16,
+              "prefill_attention: bfloat16 only");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "q rows must hold contiguous heads");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == q.sizes(), "out: contiguous, shaped as q");
+  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, "cache rows must be contiguous");
+  TORCH_CHECK(block_table.is_contiguous() && block_table.scalar_type() == at::kLong,
+              "block_table: contiguous int64");
+  const int64_t n = q.size(0), hq = q.size(1), d = q.size(2), hkv = k_cache.size(1);
+  const int64_t bs = k_cache.size(2);
+  TORCH_CHECK(hq % hkv == 0, "query heads must be a multiple of KV heads");
+  TORCH_CHECK(block_table.size(0) * bs >= context + n, "block_table too short for the tokens");
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  auto run = [&](auto impl) {
+    impl(out.data_ptr<at::BFloat16>(), q.data_ptr<at::BFloat16>(), q.stride(0),
+         k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>(), k_cache.stride(0),
+         k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+         v_cache.stride(2), block_table.data_ptr<int64_t>(), context, n, hq, hkv, bs,
+         static_cast<float>(scale));
+  };
+  if (d == 64) return run(prefill_attention_bf16<64>);
+  if (d == 128) return run(prefill_attention_bf16<128>);
+#endif
+  TORCH_CHECK(false, "prefill_attention: head_dim 64 or 128 only, got ", d);
+}
+
 // Store this step's keys and values [T, kv_heads, head_dim] (rows of a wider tensor: strides
 // given) into their cache slots: one call for both instead of two advanced-index writes.
 void write_kv(at::Tensor k_cache, at::Tensor v_cache, at::Tensor k, at::Tensor v,
@@ -512,5 +654,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "out = silu(gate) * up");
   m.def("rope", &rope, "rotate-half RoPE in place on the first heads of each row");
   m.def("decode_attention", &decode_attention, "one-token attention over the paged KV pool");
+  m.def("has_prefill_attention", &has_prefill_attention, "built with AVX512-BF16");
+  m.def("prefill_attention", &prefill_attention, "causal attention of a prompt chunk over the paged KV pool");
   m.def("write_kv", &write_kv, "store new keys and values in their cache slots");
 }
