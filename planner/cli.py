@@ -28,7 +28,7 @@ from planner.gpu_catalog import GPUS, get_gpu
 from planner.helm_values import render_values
 from planner.latency_model import LatencyModel
 from planner.memory import EngineLimits, MemoryModel, load_distserve_capacity
-from planner.model_catalog import ModelSpec, known_model_names, load_model
+from planner.model_catalog import ModelSpec, aliases_of, known_model_names, load_model
 from planner.report import explain, plan_json, table
 from planner.roofline import Calibration, RooflineLatencyModel
 from planner.search import SearchSettings, predict, search
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                       args.network_gbps or gpu.node_network_gbps)
     limits = EngineLimits(args.block_size, args.max_num_seqs, args.max_num_batched_tokens,
                           args.gpu_memory_utilization)
-    names = [n for n in (model.name, model.hf_id, args.model) if n]
+    names = [n for n in (model.name, model.hf_id, args.model, *aliases_of(model)) if n]
     latency = choose_latency_model(args.latency_model, model, cluster, args.calibration, names)
     workload = load_workload(args.workload, args.tokenizer)
     requests = workload.sample(args.num_requests, args.seed, model.max_context)

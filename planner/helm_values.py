@@ -25,8 +25,9 @@ def render_values(result: SearchResult, model: ModelSpec, command: str, slo_line
         colocated = _pool(plan.colocated) | {"maxNumBatchedTokens": plan.budget}
         values: dict = {"prefill": {"replicas": 0}, "decode": {"replicas": 0},
                         "colocated": colocated}
-        versus = (f", {plan.served_per_gpu / result.best.served_per_gpu:.2f}x what the best "
-                  "disaggregated plan serves per GPU")
+        best = result.best
+        versus = (f", {plan.served_per_gpu / best.served_per_gpu:.2f}x what the best "
+                  "disaggregated plan serves per GPU" if best else "")
     else:
         assert plan.prefill is not None and plan.decode is not None
         values = {"prefill": _pool(plan.prefill), "decode": _pool(plan.decode),

@@ -127,6 +127,11 @@ ALIASES = {
 }
 
 
+def aliases_of(spec: ModelSpec) -> list[str]:
+    """The short names that stand for `spec` (a profile may be filed under one of them)."""
+    return [alias for alias, name in ALIASES.items() if name == spec.name.lower()]
+
+
 def known_model_names() -> list[str]:
     return sorted(spec.name for spec in KNOWN_MODELS.values())
 

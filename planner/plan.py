@@ -108,7 +108,7 @@ class Plan:
 class SearchResult:
     """Everything the search found, best disaggregated plan first."""
 
-    plans: list[Plan]  # disaggregated, best first
+    plans: list[Plan]  # disaggregated, best first; none on a cluster too small for a pair
     colocated: list[Plan]  # colocated baseline, best first
     outcomes: list[PhaseOutcome]  # every phase task evaluated or pruned
     dropped: list[tuple[str, str]]  # (configuration, reason) dropped before simulation
@@ -117,9 +117,9 @@ class SearchResult:
     deployment: str = "disaggregated"  # the kind recommended: "disaggregated" or "colocated"
 
     @property
-    def best(self) -> Plan:
-        """The best disaggregated plan."""
-        return self.plans[0]
+    def best(self) -> Plan | None:
+        """The best disaggregated plan (None when no prefill + decode pair fits the cluster)."""
+        return self.plans[0] if self.plans else None
 
     @property
     def deployable_colocated(self) -> Plan | None:
@@ -133,6 +133,7 @@ class SearchResult:
             plan = self.deployable_colocated
             assert plan is not None
             return plan
+        assert self.best is not None
         return self.best
 
     @property
@@ -151,7 +152,7 @@ class SearchResult:
     def gain(self) -> float | None:
         """Disaggregated over colocated goodput per GPU."""
         base = self.best_colocated
-        if base is None or base.goodput_per_gpu <= 0:
+        if self.best is None or base is None or base.goodput_per_gpu <= 0:
             return None
         return self.best.goodput_per_gpu / base.goodput_per_gpu
 

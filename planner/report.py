@@ -105,7 +105,10 @@ def explain(result: SearchResult, slo: Slo, rate: float | None) -> str:
         p = chosen.predicted
         lines.append(f"  Simulated end to end at {p.rate:.3g} req/s: {p.attainment:.1%} of "
                      "requests meet both SLOs.")
-    if chosen.kind == "colocated":
+    if chosen.kind == "colocated" and best is None:
+        lines.append("  No disaggregated deployment fits this cluster: it needs a prefill and a "
+                     "decode instance, each on GPUs of its own.")
+    elif chosen.kind == "colocated":
         lines.append(f"  Recommended over the best disaggregated plan ({best.label()}): as "
                      f"planned, in whole instances, it serves {chosen.served_per_gpu:.3g} req/s "
                      f"per GPU against {best.served_per_gpu:.3g} "
@@ -138,18 +141,19 @@ def plan_json(result: SearchResult, model: ModelSpec, cluster: Cluster, slo: Slo
     is recommended ("deployment") and that plan in full ("recommended"), then the context."""
     best = result.best
     base = result.best_colocated
-    assert best.prefill is not None and best.decode is not None
-    predicted = best.predicted.to_json() if best.predicted else None
+    assert best is None or (best.prefill is not None and best.decode is not None)
+    predicted = best.predicted.to_json() if best and best.predicted else None
     return {
-        "prefill": best.prefill.to_json(),
-        "decode": best.decode.to_json(),
-        "gpus": best.gpus,
-        "goodput_per_gpu": best.goodput_per_gpu,
+        # The best disaggregated plan; all None when no prefill + decode pair fits.
+        "prefill": best.prefill.to_json() if best and best.prefill else None,
+        "decode": best.decode.to_json() if best and best.decode else None,
+        "gpus": best.gpus if best else None,
+        "goodput_per_gpu": best.goodput_per_gpu if best else None,
         "colocated_goodput_per_gpu": base.goodput_per_gpu if base else None,
         "gain_over_colocated": result.gain,
         "predicted": predicted,
-        "placement": {"affinity": best.affinity, "layout": best.layout},
-        "capacity": best.capacity,
+        "placement": {"affinity": best.affinity, "layout": best.layout} if best else None,
+        "capacity": best.capacity if best else None,
         "deployment": result.deployment,
         "recommended": result.recommended.to_json(),
         "target_rate": rate,

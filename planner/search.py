@@ -262,16 +262,19 @@ def search(context: Context, memory: MemoryModel, settings: SearchSettings,
     plans = high_affinity_plans(prefills, decodes_net, cluster, rate)
     plans += low_affinity_plans(prefills, decodes_nvl, cluster, rate)
     plans.sort(key=lambda p: (-p.goodput_per_gpu, p.gpus))
-    if not plans:
+    colocated = colocated_plans([o for o in good if o.task.phase == "colocated"], cluster, rate)
+    deployable = deployable_colocated(colocated)
+    # A cluster too small for a prefill and a decode instance (one GPU) still gets a plan:
+    # colocated, unless disaggregation was asked for.
+    if not plans and (deployable is None or settings.deployment == "disaggregated"):
         if rate is None:
             raise InfeasibleError("no disaggregated deployment fits the cluster: it needs at "
                                   "least one prefill and one decode instance")
         need = gpus_needed(prefills, decodes_net, decodes_nvl, cluster, rate)
         raise InfeasibleError(f"the target rate of {rate:g} req/s needs at least {need} GPUs "
                               f"in whole instances; the cluster has {cluster.total_gpus}")
-    colocated = colocated_plans([o for o in good if o.task.phase == "colocated"], cluster, rate)
-    deployable = deployable_colocated(colocated)
-    deployment = choose_deployment(settings.deployment, plans[0], deployable, context)
+    deployment = choose_deployment(settings.deployment, plans[0] if plans else None,
+                                   deployable, context)
     verified = plans[:VERIFIED_PLANS] + colocated[:1]
     if deployable is not None and deployable not in verified:
         verified.append(deployable)
@@ -281,7 +284,7 @@ def search(context: Context, memory: MemoryModel, settings: SearchSettings,
                         len(sample.prompts), deployment)
 
 
-def choose_deployment(wanted: str, disaggregated: Plan, colocated: Plan | None,
+def choose_deployment(wanted: str, disaggregated: Plan | None, colocated: Plan | None,
                       context: Context) -> str:
     """The kind to recommend: as asked, or under "auto" whichever serves more per GPU as
     planned, in whole instances (a disaggregated goodput per GPU assumes the ideal mix of
@@ -292,6 +295,8 @@ def choose_deployment(wanted: str, disaggregated: Plan, colocated: Plan | None,
             f"no colocated configuration with chunked prefill meets TTFT {slo.ttft:g} s and "
             f"TPOT {slo.tpot:g} s for {slo.attainment:.0%} of requests on this cluster; "
             "drop --deployment colocated to deploy the disaggregated plan")
+    if disaggregated is None:
+        return "colocated"
     if wanted == "auto" and colocated is not None:
         # Goodputs are bisected to within TOLERANCE, so a closer race is a tie; ties go to
         # disaggregation, which scales each phase on its own as the traffic mix changes.

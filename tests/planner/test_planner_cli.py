@@ -171,3 +171,33 @@ def test_two_cores_are_compared_as_whole_instances(tmp_path, capsys):
     assert data["goodput_per_gpu"] >= data["colocated_goodput_per_gpu"]  # the ideal ratio
     chosen = data["recommended"]
     assert chosen["capacity"] / chosen["gpus"] > data["capacity"] / data["gpus"]
+
+
+def test_one_gpu_gets_a_colocated_plan_from_a_profile_filed_under_the_short_name(tmp_path,
+                                                                                  capsys):
+    # `pdserve profile` files the built-in model as "smollm2"; planning it by its Hugging Face
+    # id finds that entry. One GPU holds no prefill + decode pair, so colocated is the plan.
+    values = tmp_path / "values.yaml"
+    status = main(["--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--gpu", "cpu",
+                   "--nodes", "1", "--gpus-per-node", "1", "--workload",
+                   "synthetic:in=256,out=64,dist=fixed", "--ttft", "1", "--tpot", "0.1",
+                   "--latency-model", str(_cpu_profile(tmp_path)), "--predict-at", "0.5",
+                   *QUICK, "--json", str(tmp_path / "plan.json"), "--out", str(values)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "No disaggregated deployment fits this cluster" in out
+    data = json.loads(values.with_name("plan.json").read_text())
+    assert data["deployment"] == "colocated" and data["prefill"] is None
+    assert data["recommended"]["gpus"] == 1 and data["recommended"]["capacity"] > 0
+    assert data["predicted_at"][0]["attainment"] > 0.9
+    written = yaml.safe_load(values.read_text())
+    assert written["colocated"]["replicas"] == 1 and written["prefill"]["replicas"] == 0
+
+
+def test_one_gpu_cannot_be_planned_disaggregated(tmp_path, capsys):
+    status = main(["--model", "smollm2", "--gpu", "cpu", "--nodes", "1", "--gpus-per-node", "1",
+                   "--workload", "synthetic:in=256,out=64,dist=fixed", "--ttft", "1",
+                   "--tpot", "0.1", "--latency-model", str(_cpu_profile(tmp_path)),
+                   "--deployment", "disaggregated", *QUICK])
+    assert status == 1
+    assert "needs at least one prefill and one decode instance" in capsys.readouterr().err
