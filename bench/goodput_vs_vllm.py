@@ -17,7 +17,11 @@ system's goodput. Both clients replay one Poisson schedule, written as a trace i
 vLLM's `timed_trace` dataset reads: drawn separately, their bursts differ, and near a knee that
 alone moved a median TTFT by up to 15% between them. With --profile (written by `pdserve
 profile`) the planner's prediction for each pdserve arrangement is printed beside the
-measurement. Results, logs and the attainment-against-rate plot land in results/goodput/.
+measurement: the disaggregated pair as one prefill and one decode instance of one core each.
+The colocated worker runs two threads, which a one-thread profile does not describe; give
+--colocated-profile (written by `pdserve profile --threads 2`) and the planner predicts it as
+one two-thread instance that has the machine to itself. Results, logs and the
+attainment-against-rate plot land in results/goodput/.
 """
 
 from __future__ import annotations
@@ -181,7 +185,10 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
 
 
 def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
-    """Goodput the planner predicts for this machine's two cores, from the profile."""
+    """Goodput the planner predicts for this machine's two cores, from the profile: with a
+    one-thread profile one instance per core, with --colocated-profile one two-thread
+    colocated instance on the whole machine."""
+    whole_machine = arrangement == "colocated" and profile == args.colocated_profile
     out = Path(args.out_dir) / f"plan-{arrangement}.json"
     cmd = [
         PDSERVE,
@@ -193,7 +200,7 @@ def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
         "--nodes",
         "1",
         "--gpus-per-node",
-        "2",
+        "1" if whole_machine else "2",
         "--max-tp",
         "1",
         "--latency-model",
@@ -206,10 +213,15 @@ def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
         str(args.slo_tpot),
         "--json",
         str(out),
+        *(["--deployment", "colocated"] if whole_machine else []),
     ]
-    if subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode != 0:
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"no planner prediction for {arrangement}: {done.stderr.strip()}", flush=True)
         return None
     plan = json.loads(out.read_text())
+    if whole_machine:
+        return plan["recommended"]["capacity"]
     if arrangement == "disaggregated":
         return plan["capacity"]  # what the whole instances of the plan serve (1 + 1 here)
     # The planner's colocated baseline is one single-core instance per core.
@@ -260,6 +272,11 @@ def main() -> int:
     )
     ap.add_argument("--systems", default="vllm,disaggregated,shared-cores,colocated")
     ap.add_argument("--profile", type=Path, help="a `pdserve profile` file for predictions")
+    ap.add_argument(
+        "--colocated-profile",
+        type=Path,
+        help="a `pdserve profile --threads 2` file: predict the colocated worker from it",
+    )
     ap.add_argument("--port", type=int, default=8400)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "goodput")
     args = ap.parse_args()
@@ -306,7 +323,9 @@ def main() -> int:
             check_rate = max((result["goodput"] or 0.0) * args.check_fraction, 0.5)
             check = cross_check(url, name, check_rate, args, args.out_dir)
         predicted = None
-        if args.profile and name in ("disaggregated", "colocated"):  # what the planner models
+        if name == "colocated" and args.colocated_profile:
+            predicted = planner_prediction(args.colocated_profile, name, args)
+        elif args.profile and name in ("disaggregated", "colocated"):  # what the planner models
             predicted = planner_prediction(args.profile, name, args)
         rows[name] = {"goodput": result["goodput"], "check": check, "predicted": predicted}
 
