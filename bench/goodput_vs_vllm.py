@@ -312,6 +312,10 @@ def main() -> int:
     unknown = sorted(set(args.systems.split(",")) - set(known))
     if unknown:
         ap.error(f"--systems: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    profiles = {"--profile": args.profile, "--colocated-profile": args.colocated_profile}
+    for flag, path in profiles.items():
+        if path is not None and not path.is_file():
+            ap.error(f"{flag}: no such file {path} (write one with `pdserve profile`)")
     if args.check_prompts < 20:
         ap.error("--check-prompts must be at least 20")
     if not 0 < args.check_fraction <= 1:
