@@ -28,8 +28,10 @@ PROMPTS = [
     "Recipe for bread: first, mix the flour and water, then",
     "A train leaves the station at noon travelling at sixty miles per hour, and",
 ]
-# Long enough that no stream can finish before the kill, however fast the engine gets.
-MAX_TOKENS = 192
+# Long enough that no stream finishes before the kill: at 192 tokens, after the attention
+# kernels made decode steps faster, a stream on one worker once finished before every stream
+# on the other had its second token, and the test failed before it could kill anything.
+MAX_TOKENS = 384
 
 
 @pytest.fixture(scope="module")
